@@ -1,0 +1,59 @@
+"""Lightning callbacks shared by the entry points: export, pictures, image logging."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+
+from calguide.denoiser import DenoiserModule, export_denoiser
+from calguide.sampling.grid import save_image_grid
+
+
+def log_image(trainer: L.Trainer, key: str, path: str | os.PathLike, caption: str = "") -> None:
+    """Send a saved picture to every logger that takes images (W&B); others keep the file."""
+    for logger in trainer.loggers:
+        log = getattr(logger, "log_image", None)
+        if callable(log):
+            log(key=key, images=[str(path)], caption=[caption or Path(path).name])
+
+
+class ExportDenoiser(L.Callback):
+    """At the end of fit, write the EMA weights with their flags (see ``export_denoiser``)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, pl_module: DenoiserModule) -> None:
+        export_denoiser(pl_module, self.path)
+        print(f"calguide: denoiser exported to {self.path} ({pl_module.global_step} steps)")
+
+
+class DenoiserSampleGrid(L.Callback):
+    """At the end of fit, draw an unguided grid with the EMA weights: one row per class."""
+
+    def __init__(
+        self, path: str | os.PathLike, per_class: int, respacing: str, seed: int = 0
+    ) -> None:
+        self.path = Path(path)
+        self.per_class = per_class
+        self.respacing = respacing
+        self.seed = seed
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, pl_module: DenoiserModule) -> None:
+        if self.per_class <= 0:
+            return
+        num_classes = int(pl_module.flags.get("num_classes") or 1)
+        labels = torch.arange(num_classes).repeat_interleave(self.per_class)
+        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        images = pl_module.sample(
+            labels, respacing=self.respacing, generator=generator, progress=True
+        )
+        save_image_grid(images.cpu(), self.path, ncols=self.per_class, upscale=4)
+        log_image(trainer, "samples/unguided", self.path, f"{trainer.global_step} steps")
+        print(f"calguide: sample grid written to {self.path}")

@@ -1,0 +1,199 @@
+"""Ancestral DDPM and DDIM steps with a guidance hook, and the loop that chains them.
+
+The steps take the network output as an argument, so they are pure functions of
+(output, x_t, t, noise) and can be checked against ADM's formulas directly. A guidance hook
+never knows which sampler calls it, and the sampler never knows which strategy it runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import torch
+from torch import Tensor
+
+from calguide.diffusion.gaussian import GaussianDiffusion, MeanVariance, extract
+
+SAMPLERS = ("ddpm", "ddim")
+
+
+class GuidanceFn(Protocol):
+    """Returns the already-scaled guidance gradient s(t)·g for a batch.
+
+    ``t`` holds base-chain timesteps (what the network sees). ``space`` says what g is a
+    gradient with respect to: ``"x_t"`` (noise-aware classifier, or back-propagated through the
+    denoiser) or ``"x0"`` (an off-the-shelf classifier on x̂₀). Plain functions count as
+    ``"x_t"``.
+    """
+
+    space: Literal["x_t", "x0"]
+
+    def __call__(self, x_t: Tensor, pred_x0: Tensor, t: Tensor) -> Tensor: ...
+
+
+ModelFn = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    sample: Tensor
+    pred_x0: Tensor
+    mean: Tensor
+    log_variance: Tensor
+    guidance: Tensor | None
+
+
+def guidance_space(guidance: Callable | None) -> str:
+    return getattr(guidance, "space", "x_t") if guidance is not None else "x_t"
+
+
+def check_sampler_supports(guidance: Callable | None, sampler: str) -> None:
+    """Refuse x̂₀-space guidance on DDIM before any work is done."""
+    if sampler == "ddim" and guidance is not None and guidance_space(guidance) == "x0":
+        raise ValueError(
+            "diffusion.sampler=ddim cannot apply x0-mode guidance (the gradient is taken w.r.t. "
+            "x̂₀ and would be amplified by (1-ᾱ_t)/√ᾱ_t at high noise); use diffusion.sampler=ddpm "
+            "or guidance.classifier.through_denoiser=true"
+        )
+
+
+def _checked_gradient(guidance: Callable, x_t: Tensor, pred_x0: Tensor, t_model: Tensor) -> Tensor:
+    grad = guidance(x_t, pred_x0, t_model)
+    if grad.shape != x_t.shape:
+        raise ValueError(
+            f"guidance returned a gradient of shape {tuple(grad.shape)}, "
+            f"expected {tuple(x_t.shape)}"
+        )
+    if not bool(torch.isfinite(grad).all()):
+        name = getattr(guidance, "name", type(guidance).__name__)
+        raise FloatingPointError(
+            f"guidance {name!r} produced a non-finite gradient at timestep {int(t_model.max())}"
+        )
+    return grad.to(x_t.dtype)
+
+
+def ddpm_step(
+    diffusion: GaussianDiffusion,
+    model_output: Tensor,
+    x_t: Tensor,
+    t: Tensor,
+    noise: Tensor,
+    *,
+    guidance: GuidanceFn | Callable | None = None,
+    clip_denoised: bool = True,
+) -> StepOutput:
+    """x_{t−1} = μ̃ + σ_t z, with μ̃ = μ + Σ_t · s·g (ADM's ``condition_mean``); no noise at t=0."""
+    out = diffusion.p_mean_variance(model_output, x_t, t, clip_denoised=clip_denoised)
+    mean, grad = out.mean, None
+    if guidance is not None:
+        grad = _checked_gradient(guidance, x_t, out.pred_x0, diffusion.model_timesteps(t))
+        mean = mean + out.variance * grad
+    nonzero = (t != 0).to(x_t.dtype).reshape(-1, *([1] * (x_t.dim() - 1)))
+    sample = mean + nonzero * torch.exp(0.5 * out.log_variance) * noise
+    return StepOutput(sample, out.pred_x0, mean, out.log_variance, grad)
+
+
+def condition_score(
+    diffusion: GaussianDiffusion, out: MeanVariance, x_t: Tensor, t: Tensor, grad: Tensor
+) -> tuple[Tensor, Tensor]:
+    """ADM's score-form guidance: ε' = ε − √(1−ᾱ_t)·s·g; returns (ε', x̂₀ from ε')."""
+    eps = diffusion.predict_eps_from_x0(x_t, t, out.pred_x0)
+    eps = eps - extract(diffusion.sqrt_one_minus_alphas_cumprod, t, x_t) * grad
+    return eps, diffusion.predict_x0_from_eps(x_t, t, eps)
+
+
+def ddim_step(
+    diffusion: GaussianDiffusion,
+    model_output: Tensor,
+    x_t: Tensor,
+    t: Tensor,
+    noise: Tensor,
+    *,
+    eta: float = 0.0,
+    guidance: GuidanceFn | Callable | None = None,
+    clip_denoised: bool = True,
+) -> StepOutput:
+    """DDIM update (η=0 deterministic); guidance shifts ε as in ADM's ``condition_score``.
+
+    x̂₀-space guidance is refused: its gradient does not shrink with noise, and the implied x̂₀
+    shift (1−ᾱ_t)/√ᾱ_t·s·g explodes at early timesteps. Use the DDPM sampler for it.
+    """
+    check_sampler_supports(guidance, "ddim")
+    out = diffusion.p_mean_variance(model_output, x_t, t, clip_denoised=clip_denoised)
+    pred_x0, grad = out.pred_x0, None
+    if guidance is not None:
+        grad = _checked_gradient(guidance, x_t, out.pred_x0, diffusion.model_timesteps(t))
+        _, pred_x0 = condition_score(diffusion, out, x_t, t, grad)
+    eps = diffusion.predict_eps_from_x0(x_t, t, pred_x0)
+    alpha_bar = extract(diffusion.alphas_cumprod, t, x_t)
+    alpha_bar_prev = extract(diffusion.alphas_cumprod_prev, t, x_t)
+    sigma = (
+        eta
+        * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar))
+        * torch.sqrt(1 - alpha_bar / alpha_bar_prev)
+    )
+    mean = pred_x0 * torch.sqrt(alpha_bar_prev) + torch.sqrt(1 - alpha_bar_prev - sigma**2) * eps
+    nonzero = (t != 0).to(x_t.dtype).reshape(-1, *([1] * (x_t.dim() - 1)))
+    sample = mean + nonzero * sigma * noise
+    return StepOutput(sample, pred_x0, mean, 2.0 * torch.log(sigma.clamp(min=1e-20)), grad)
+
+
+NoiseFn = Callable[[int, Tensor], Tensor]
+StepCallback = Callable[[int, Tensor, StepOutput], None]
+
+
+def sample_loop(
+    diffusion: GaussianDiffusion,
+    model_fn: ModelFn,
+    x_T: Tensor,
+    *,
+    sampler: str = "ddpm",
+    eta: float = 0.0,
+    guidance: GuidanceFn | Callable | None = None,
+    noise_fn: NoiseFn | None = None,
+    clip_denoised: bool = True,
+    progress: bool = False,
+    callback: StepCallback | None = None,
+) -> Tensor:
+    """Run the reverse chain from x_T down to x₀.
+
+    ``model_fn(x, t_model)`` returns the network output for base-chain timesteps.
+    ``noise_fn(i, x)`` returns the step noise for chain index ``i`` (default: ``randn_like``);
+    the sampling module passes per-sample seeded noise here, so a sample does not depend on its
+    batch. ``callback(i, x_t, step)`` sees every step (diagnostics, snapshots).
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"diffusion.sampler must be one of {list(SAMPLERS)}, got {sampler!r}")
+    check_sampler_supports(guidance, sampler)
+    x = x_T
+    indices = range(diffusion.num_timesteps - 1, -1, -1)
+    if progress:
+        from tqdm.auto import tqdm
+
+        indices = tqdm(indices, desc=f"{sampler} sampling", leave=False)
+    for i in indices:
+        t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+        with torch.no_grad():
+            model_output = model_fn(x, diffusion.model_timesteps(t))
+        noise = noise_fn(i, x) if noise_fn is not None else torch.randn_like(x)
+        if sampler == "ddpm":
+            step = ddpm_step(
+                diffusion, model_output, x, t, noise, guidance=guidance, clip_denoised=clip_denoised
+            )
+        else:
+            step = ddim_step(
+                diffusion,
+                model_output,
+                x,
+                t,
+                noise,
+                eta=eta,
+                guidance=guidance,
+                clip_denoised=clip_denoised,
+            )
+        if callback is not None:
+            callback(i, x, step)
+        x = step.sample.detach()
+    return x

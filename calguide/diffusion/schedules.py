@@ -1,0 +1,110 @@
+"""Noise schedules and ADM's timestep respacing.
+
+Everything is computed in float64, as guided-diffusion does, so that respaced chains reproduce
+the base chain's cumulative products to rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+
+SCHEDULES = ("linear", "cosine")
+
+
+def alpha_bar_betas(
+    num_steps: int, alpha_bar: Callable[[float], float], max_beta: float = 0.999
+) -> torch.Tensor:
+    """Betas whose cumulative product follows ``alpha_bar`` on [0, 1] (Nichol & Dhariwal)."""
+    betas = []
+    for i in range(num_steps):
+        t1, t2 = i / num_steps, (i + 1) / num_steps
+        betas.append(min(1.0 - alpha_bar(t2) / alpha_bar(t1), max_beta))
+    return torch.tensor(betas, dtype=torch.float64)
+
+
+def beta_schedule(name: str, num_steps: int) -> torch.Tensor:
+    """ADM's named schedules; ``linear`` is scaled so any step count spans the same noise range."""
+    if num_steps < 1:
+        raise ValueError(f"diffusion.steps must be >= 1, got {num_steps}")
+    if name == "linear":
+        scale = 1000.0 / num_steps
+        return torch.linspace(scale * 1e-4, scale * 0.02, num_steps, dtype=torch.float64)
+    if name == "cosine":
+        return alpha_bar_betas(
+            num_steps, lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+        )
+    raise ValueError(f"diffusion.schedule must be one of {list(SCHEDULES)}, got {name!r}")
+
+
+def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> list[int]:
+    """The base timesteps kept by an ADM respacing string, sorted.
+
+    ``"250"`` keeps 250 evenly spread steps; ``"10,15,20"`` splits the chain into three equal
+    sections and keeps that many steps in each; ``"ddim50"`` keeps a fixed stride that gives
+    exactly 50 steps (the DDIM paper's spacing). An empty string keeps every step.
+    """
+    if isinstance(section_counts, str):
+        spec = section_counts.strip()
+        if spec == "":
+            return list(range(num_timesteps))
+        if spec.startswith("ddim"):
+            try:
+                desired = int(spec[len("ddim") :])
+            except ValueError:
+                raise ValueError(
+                    f"diffusion.respacing {spec!r}: expected 'ddimN' with an integer N"
+                ) from None
+            for stride in range(1, num_timesteps):
+                if len(range(0, num_timesteps, stride)) == desired:
+                    return list(range(0, num_timesteps, stride))
+            raise ValueError(
+                f"diffusion.respacing {spec!r}: no integer stride gives exactly {desired} of "
+                f"{num_timesteps} steps"
+            )
+        try:
+            counts = [int(part) for part in spec.split(",")]
+        except ValueError:
+            raise ValueError(
+                f"diffusion.respacing {spec!r}: expected '', 'N', 'N1,N2,...' or 'ddimN'"
+            ) from None
+    else:
+        counts = [int(c) for c in section_counts]
+    if not counts or any(c < 1 for c in counts):
+        raise ValueError(f"diffusion.respacing {section_counts!r}: section counts must be >= 1")
+
+    size_per, extra = divmod(num_timesteps, len(counts))
+    start, kept = 0, []
+    for i, count in enumerate(counts):
+        size = size_per + (1 if i < extra else 0)
+        if size < count:
+            raise ValueError(
+                f"diffusion.respacing {section_counts!r}: cannot take {count} steps from a "
+                f"section of {size} (chain of {num_timesteps} steps)"
+            )
+        stride = 1.0 if count <= 1 else (size - 1) / (count - 1)
+        position = 0.0
+        for _ in range(count):
+            kept.append(start + round(position))
+            position += stride
+        start += size
+    return sorted(set(kept))
+
+
+def respace_betas(
+    betas: torch.Tensor, use_timesteps: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Betas of the shorter chain visiting ``use_timesteps``, and the map back to base steps.
+
+    The new chain's cumulative products equal the base chain's at the kept steps.
+    """
+    keep = sorted(set(int(t) for t in use_timesteps))
+    if not keep or keep[0] < 0 or keep[-1] >= len(betas):
+        raise ValueError(f"respaced timesteps must lie in [0, {len(betas) - 1}]")
+    alphas_cumprod = torch.cumprod(1.0 - betas.to(torch.float64), dim=0)
+    kept_cumprod = alphas_cumprod[keep]
+    previous = torch.cat([torch.ones(1, dtype=torch.float64), kept_cumprod[:-1]])
+    new_betas = 1.0 - kept_cumprod / previous
+    return new_betas, torch.tensor(keep, dtype=torch.long)

@@ -132,6 +132,140 @@ class SampleGridConfig:
         _in_range("sample_grid.per_class", self.per_class, 0, 64)
 
 
+CLASSIFIER_ARCHS = (
+    "small_resnet",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "adm_classifier",
+)
+
+
+@dataclass
+class ClassifierConfig:
+    name: str
+    arch: str
+    params: dict[str, Any] = field(default_factory=dict)
+    normalize: str = "none"
+    input_size: int | None = None
+    softplus_beta: float | None = None
+    checkpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        _choice("classifier.arch", self.arch, CLASSIFIER_ARCHS)
+        _choice("classifier.normalize", self.normalize, ("none", "imagenet"))
+        if self.input_size is not None:
+            _at_least("classifier.input_size", self.input_size, 8)
+        if self.softplus_beta is not None and self.softplus_beta <= 0:
+            raise ConfigError(f"classifier.softplus_beta={self.softplus_beta!r}: must be > 0")
+
+
+@dataclass
+class CalibrationConfig:
+    name: str
+    method: str = "gradient"
+    smece_weight: float = 0.0
+    sigma: float | None = None
+    sigma_min: float = 0.01
+
+    def __post_init__(self) -> None:
+        _in_range("calibration.sigma_min", self.sigma_min, 1e-4, 0.5)
+        _choice("calibration.method", self.method, ("gradient", "temperature"))
+        _at_least("calibration.smece_weight", self.smece_weight, 0.0)
+        if self.sigma is not None and not 0 < self.sigma <= 1:
+            raise ConfigError(f"calibration.sigma={self.sigma!r}: must be in (0, 1] or null (σ*)")
+
+
+@dataclass
+class InputsConfig:
+    mode: str = "x0"
+    t_min: int = 0
+    t_max: int = 999
+    denoiser: str | None = None
+    denoiser_flags: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        _choice("inputs.mode", self.mode, ("clean", "noisy", "x0"))
+        _at_least("inputs.t_min", self.t_min, 0)
+        _at_least("inputs.t_max", self.t_max, self.t_min)
+
+
+@dataclass
+class EvaluationConfig:
+    buckets: int = 10
+    n_bins: int = 15
+    seed: int = 0
+    diagrams: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _in_range("evaluation.buckets", self.buckets, 1, 100)
+        _in_range("evaluation.n_bins", self.n_bins, 2, 100)
+        for name in self.diagrams:
+            _choice("evaluation.diagrams[]", name, ("clean", "low", "mid", "high"))
+
+
+@dataclass
+class ClassifierOptimConfig:
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+
+    def __post_init__(self) -> None:
+        _in_range("optim.lr", self.lr, 1e-12, 10.0)
+        _at_least("optim.weight_decay", self.weight_decay, 0.0)
+        _at_least("optim.warmup_steps", self.warmup_steps, 0)
+
+
+@dataclass
+class GuidanceConfig:
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    scale: float = 1.0
+    schedule: str = "constant"
+    schedule_params: dict[str, Any] = field(default_factory=dict)
+    temperature: float = 1.0
+    through_denoiser: bool = False
+
+    def __post_init__(self) -> None:
+        from calguide.guidance import SCHEDULES, strategy_names
+
+        _choice("guidance.name", self.name, list(strategy_names()))
+        _at_least("guidance.scale", self.scale, 0.0)
+        _choice("guidance.schedule", self.schedule, list(SCHEDULES))
+        if not self.temperature > 0:
+            raise ConfigError(f"guidance.temperature={self.temperature!r}: must be > 0")
+        try:
+            from calguide.guidance import build_schedule, build_strategy
+
+            build_strategy(self.name, **self.params)
+            build_schedule(self.schedule, self.scale, **self.schedule_params)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"guidance: {err}") from None
+
+
+@dataclass
+class SamplingConfig:
+    num_samples: int = 100
+    batch_size: int = 50
+    labels: str = "balanced"
+    fixed_class: int = 0
+    precision: str = "32"
+    snapshot_timesteps: list[int] = field(default_factory=list)
+    snapshot_count: int = 0
+    progress: bool = True
+    out_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        _at_least("sampling.num_samples", self.num_samples, 1)
+        _at_least("sampling.batch_size", self.batch_size, 1)
+        _choice("sampling.labels", self.labels, ("random", "balanced", "fixed"))
+        _at_least("sampling.fixed_class", self.fixed_class, 0)
+        _choice("sampling.precision", self.precision, ("32", "bf16", "fp16"))
+        _at_least("sampling.snapshot_count", self.snapshot_count, 0)
+
+
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
 PRECISIONS = (
     "32-true",
@@ -168,7 +302,17 @@ SCHEMAS: dict[str, type] = {
     "denoiser": DenoiserConfig,
     "optim": OptimConfig,
     "sample_grid": SampleGridConfig,
+    "classifier": ClassifierConfig,
+    "calibration": CalibrationConfig,
+    "inputs": InputsConfig,
+    "evaluation": EvaluationConfig,
+    "guidance": GuidanceConfig,
+    "sampling": SamplingConfig,
 }
+
+
+# Sections whose meaning depends on the entry point (``task_name``).
+TASK_SCHEMAS: dict[str, dict[str, type]] = {"calibrate": {"optim": ClassifierOptimConfig}}
 
 
 def _one_line(err: OmegaConfBaseException, key: str) -> str:
@@ -196,7 +340,8 @@ def validated(cfg: DictConfig, key: str, schema: type | None = None) -> Any:
 
 def validate(cfg: DictConfig) -> None:
     """Check every known section present in ``cfg``."""
-    for key, schema in SCHEMAS.items():
+    overrides = TASK_SCHEMAS.get(str(cfg.get("task_name", "")), {})
+    for key, schema in {**SCHEMAS, **overrides}.items():
         if key in cfg:
             validated(cfg, key, schema)
     check_trainer(cfg)

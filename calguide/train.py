@@ -10,32 +10,11 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from calguide.builders import datamodule_from, loggers_from
 from calguide.callbacks import DenoiserSampleGrid, ExportDenoiser
 from calguide.cli import hydra_main
 from calguide.config import ConfigError
-from calguide.data import ImageDataModule
 from calguide.denoiser import DenoiserModule
-
-
-def datamodule_from(cfg: DictConfig, seed: int) -> ImageDataModule:
-    data = cfg.data
-    return ImageDataModule(
-        name=data.loader,
-        image_size=data.image_size,
-        channels=data.channels,
-        batch_size=data.batch_size,
-        num_workers=data.num_workers,
-        root=data.root,
-        path=data.path,
-        heldout_fraction=data.heldout_fraction,
-        split_seed=data.split_seed,
-        download=data.download,
-        seed=seed,
-    )
-
-
-def loggers_from(cfg: DictConfig) -> list:
-    return [instantiate(spec) for spec in (cfg.get("logger") or {}).values()]
 
 
 @hydra_main("train")

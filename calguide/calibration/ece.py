@@ -393,6 +393,7 @@ def smooth_ece(
     *,
     grid_size: int = DEFAULT_GRID_SIZE,
     method: Method = "auto",
+    sigma_min: float = 1e-3,
 ) -> Tensor:
     """SmoothECE (Błasiok & Nakkiran, ICLR 2024) of top-label confidences, as a scalar tensor.
 
@@ -403,11 +404,14 @@ def smooth_ece(
     smECE_σ* with gradient, so the value is usable as a loss; the dependence of σ* on the
     inputs is deliberately not differentiated. ``correct`` may be 0/1 or soft in [0, 1].
     ``method`` picks the kernel representation ("auto" chooses the cheaper exact one).
+    ``sigma_min`` floors σ*: a batch calibrated below that resolution is scored at
+    ``sigma_min`` (as a training loss, 0.01 keeps each step cheap: the cosine series needs
+    ~1/σ terms).
     """
     confidence, correct = _validate_pair(confidence, correct)
     grid_size = _check_grid_size(grid_size)
     if sigma is None:
-        sigma = fixed_point_sigma(confidence, correct, grid_size=grid_size)
+        sigma = fixed_point_sigma(confidence, correct, grid_size=grid_size, sigma_min=sigma_min)
     sigma = _check_sigma(sigma)
     chosen = _choose_method(method, confidence.shape[0], sigma, grid_size)
     dtype = _compute_dtype(confidence.device)
@@ -425,10 +429,13 @@ def smooth_ece_from_logits(
     temperature: float | Tensor = 1.0,
     grid_size: int = DEFAULT_GRID_SIZE,
     method: Method = "auto",
+    sigma_min: float = 1e-3,
 ) -> Tensor:
     """SmoothECE of the top-label confidences of ``softmax(logits / temperature)``."""
     confidence, correct = top_label_confidence(logits, labels, temperature)
-    return smooth_ece(confidence, correct, sigma, grid_size=grid_size, method=method)
+    return smooth_ece(
+        confidence, correct, sigma, grid_size=grid_size, method=method, sigma_min=sigma_min
+    )
 
 
 def _bin_statistics(

@@ -1,0 +1,14 @@
+"""calguide-sample: guided sampling into resumable shards, merged to ADM's .npz layout."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from calguide.cli import hydra_main
+from calguide.sampling.job import run_sampling
+
+
+@hydra_main("sample")
+def main(cfg: DictConfig) -> dict:
+    """See conf/sample.yaml."""
+    return run_sampling(cfg)

@@ -1,0 +1,50 @@
+"""Per-sample noise: sample i's x_T and step noises come from its own generator.
+
+The generator is seeded by (seed, global index) only, so a sample is the same whatever the batch
+it lands in, the number of devices, or a resume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """A well-mixed 63-bit seed for (run seed, sample index)."""
+    state = np.random.SeedSequence([int(seed), int(index)]).generate_state(2, np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1])) & (2**63 - 1)
+
+
+class PerSampleNoise:
+    """Draws noise of one sample's shape from each sample's generator, stacked as a batch."""
+
+    def __init__(
+        self,
+        seed: int,
+        indices: Sequence[int] | Tensor,
+        shape: Sequence[int],
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.shape = tuple(int(s) for s in shape)
+        self.device = torch.device(device)
+        self.generators = [
+            torch.Generator(device=self.device).manual_seed(sample_seed(seed, int(i)))
+            for i in indices
+        ]
+
+    def draw(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        return torch.stack(
+            [
+                torch.randn(self.shape, generator=g, device=self.device, dtype=dtype)
+                for g in self.generators
+            ]
+        )
+
+    def __call__(self, step: int, x: Tensor) -> Tensor:
+        """The sampler's ``noise_fn``: the next draw of every sample (``step`` is unused: each
+        generator advances once per step, so the order of draws is the chain's order)."""
+        return self.draw(x.dtype)

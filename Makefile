@@ -46,13 +46,54 @@ test: lint ## lint, then the default test suite (slow tests excluded)
 test-full: lint ## lint, then every test including the slow ones
 	$(BIN)/python -m pytest -m ""
 
+# ---------------------------------------------------------------------------- the digits pipeline
+A := $(abspath $(ARTIFACTS))
+RUNLOGS := $(abspath logs)/make-run
+DENOISER := $(A)/digits/unet_tiny/denoiser.pt
+CLF_DIR := $(A)/digits/classifiers
+CLF_CLEAN := $(CLF_DIR)/digits_resnet-clean-ce-s0.pt
+CLF_SMECE := $(CLF_DIR)/digits_resnet-x0-smece-s0.pt
+CLF_CE := $(CLF_DIR)/digits_resnet-x0-ce-s0.pt
+COMMON := paths.artifacts=$(A) paths.log_dir=$(abspath logs)
+STRATEGIES ?= none,vanilla,forward_kl,reverse_kl,js,hellinger
+SCALE ?= 2.0
+
 .PHONY: train-denoiser
 train-denoiser: $(STAMP) ## train (or resume / reuse) the tiny class-conditional UNet on digits
-	$(BIN)/calguide-train paths.artifacts=$(abspath $(ARTIFACTS))
+	$(BIN)/calguide-train $(COMMON)
+
+$(DENOISER): | $(STAMP)
+	$(MAKE) --no-print-directory train-denoiser
+
+$(CLF_CLEAN): | $(STAMP)
+	$(BIN)/calguide-calibrate $(COMMON) calibration=ce inputs.mode=clean init=null \
+		trainer.max_steps=600 optim.lr=2e-3 evaluation.diagrams=[clean]
+
+$(CLF_SMECE): $(CLF_CLEAN) $(DENOISER)
+	$(BIN)/calguide-calibrate $(COMMON) calibration=smece
+
+$(CLF_CE): $(CLF_CLEAN) $(DENOISER)
+	$(BIN)/calguide-calibrate $(COMMON) calibration=ce
+
+.PHONY: calibrate
+calibrate: $(CLF_SMECE) $(CLF_CE) ## fine-tune the digits classifier on x̂₀: CE + λ·smECE vs CE only
+	@echo; echo "Calibration of the digits classifier on x̂₀ (held-out, fixed noise):"
+	@$(BIN)/python -m calguide.calibration.report \
+		$(CLF_DIR)/digits_resnet-x0-ce-s0/calibration.json \
+		$(CLF_DIR)/digits_resnet-x0-smece-s0/calibration.json
+
+.PHONY: sample
+sample: calibrate ## guided digits samples for each strategy with the smECE-calibrated classifier
+	$(BIN)/calguide-sample --multirun $(COMMON) guidance=$(STRATEGIES) guidance.scale=$(SCALE) \
+		hydra.sweep.dir=$(RUNLOGS)/sample
+	$(BIN)/python experiments/diagnostics_figure.py $(RUNLOGS)/sample \
+		-o $(RUNLOGS)/diagnostics.png --title "digits: guidance diagnostics (scale $(SCALE))"
 
 .PHONY: run
-run: train-denoiser ## the embedded default end to end: digits denoiser -> unguided sample grid
-	@echo "sample grid: $(abspath $(ARTIFACTS))/digits/unet_tiny/samples.png"
+run: sample ## the embedded default end to end: denoiser, classifiers, calibration, guided samples
+	@echo; echo "denoiser grid : $(A)/digits/unet_tiny/samples.png"
+	@echo "sample grids  :"; ls $(A)/digits/samples/*/grid.png | sed 's/^/  /'
+	@echo "diagnostics   : $(RUNLOGS)/diagnostics.png"
 
 .PHONY: clean
 clean: ## remove run logs (keeps trained artifacts and the venv)

@@ -33,3 +33,57 @@ def calibration_table(after: Results, before: Results | None = None, *, title: s
                 cells.append(f"{value:.3f}")
         lines.append(f"| {label} | {bucket} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _mean_std(values: list[float]) -> str:
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.3f}"
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return f"{mean:.3f} ± {var**0.5:.3f}"
+
+
+def comparison_table(
+    records: list[Mapping], columns: tuple[str, ...] = ("acc", "ece", "smece")
+) -> str:
+    """Markdown over calibration runs: one row per (method, named bucket), mean ± std over the
+    runs' seeds, with the starting classifier ("before") as its own method."""
+    groups: dict[str, list[Results]] = {}
+    for record in records:
+        if record.get("before"):
+            groups.setdefault("before (start)", []).append(record["before"])
+        groups.setdefault(f"{record['calibration']} ({record['mode']})", []).append(record["after"])
+    first = next(iter(groups.values()))[0]
+    named = named_buckets(first)
+    lines = [
+        "| classifier | inputs | " + " | ".join(columns) + " | runs |",
+        "|" + " --- |" * (len(columns) + 3),
+    ]
+    for method, results in groups.items():
+        seen_before = method.startswith("before")
+        results = results[:1] if seen_before else results  # the same start for every seed
+        for label, bucket in named.items():
+            cells = [_mean_std([r[bucket][c] for r in results if bucket in r]) for c in columns]
+            lines.append(
+                f"| {method} | {label} ({bucket}) | " + " | ".join(cells) + f" | {len(results)} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m calguide.calibration.report calibration.json [...]: one comparison table."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("files", nargs="+", type=Path)
+    args = parser.parse_args(argv)
+    missing = [str(f) for f in args.files if not f.is_file()]
+    if missing:
+        raise SystemExit(f"calguide: error: no calibration record at {', '.join(missing)}")
+    print(comparison_table([json.loads(f.read_text()) for f in args.files]))
+
+
+if __name__ == "__main__":
+    main()

@@ -122,7 +122,11 @@ def run_sampling(cfg: DictConfig) -> dict[str, Any]:
     out_dir = output_dir(cfg, batch_dependent)
     shard_dir = out_dir / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(OmegaConf.to_yaml(cfg, resolve=True), out_dir / "config.yaml")
+    job_keys = [k for k in cfg if k != "hydra"]
+    atomic_write_text(
+        OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, job_keys), resolve=True),
+        out_dir / "config.yaml",
+    )
 
     num_classes = int(flags.get("num_classes") or cfg.data.num_classes)
     image_shape = (
@@ -197,6 +201,10 @@ def finish(
         "num_samples": int(merged["images"].shape[0]),
         "guidance": cfg.guidance.name,
         "scale": float(cfg.guidance.scale),
+        "classifier": cfg.classifier.checkpoint if cfg.guidance.name != "none" else None,
+        "temperature": float(cfg.guidance.temperature),
+        "seed": int(cfg.seed),
+        "out_dir": str(out_dir),
     }
     if merged["diagnostics"]:
         record["diagnostics_csv"] = str(
@@ -219,7 +227,10 @@ def finish(
         snap = save_snapshots(stacked, out_dir / "snapshots.png")
         if snap is not None:
             record["snapshots_png"] = str(snap)
-    atomic_write_text(json.dumps(record, indent=2), out_dir / "sampling.json")
+    text = json.dumps(record, indent=2)
+    atomic_write_text(text, out_dir / "sampling.json")
+    # Also in Hydra's run folder, where multirun aggregation looks for it.
+    atomic_write_text(text, Path(cfg.paths.output_dir) / "sampling.json")
     print(f"calguide: {record['num_samples']} samples -> {npz}\ncalguide: grid -> {grid}")
     return record
 

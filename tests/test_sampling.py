@@ -1,0 +1,300 @@
+"""Sampling: labels, per-sample noise, batch/resume/device invariance, shards, the CLI job."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from calguide.denoiser import DenoiserModule, export_denoiser
+from calguide.diffusion import GaussianDiffusion
+from calguide.guidance import (
+    GuidanceClassifier,
+    build_schedule,
+    build_strategy,
+    make_guidance,
+)
+from calguide.nets.classifiers import build_classifier, export_classifier
+from calguide.sample import main as sample_main
+from calguide.sampling.labels import LabelDataModule, chunk_ranges, sample_labels
+from calguide.sampling.module import SamplingModule
+from calguide.sampling.noise import PerSampleNoise, sample_seed
+from calguide.sampling.writer import merge_shards, save_npz
+
+FLAGS = dict(
+    image_size=8,
+    in_channels=1,
+    num_classes=10,
+    class_cond=True,
+    learn_sigma=True,
+    num_channels=32,
+    num_res_blocks=1,
+    channel_mult="1,2",
+    attention_resolutions="4",
+)
+
+
+def tiny_denoiser(seed: int = 0) -> DenoiserModule:
+    torch.manual_seed(seed)
+    module = DenoiserModule(
+        flags=FLAGS,
+        diffusion={"steps": 1000, "schedule": "linear", "sigma_small": False},
+        optim={"lr": 1e-3, "weight_decay": 0.0, "warmup_steps": 0, "ema_decay": 0.9},
+    )
+    # Random but non-zero output convs, so the denoiser is not the zero function.
+    with torch.no_grad():
+        for p in module.ema.out.parameters():
+            p.normal_(0, 0.05)
+    return module
+
+
+def tiny_classifier(seed: int = 0):
+    torch.manual_seed(seed)
+    return build_classifier(
+        "small_resnet", {"in_channels": 1, "image_size": 8, "num_classes": 10, "width": 32}
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("sampling_artifacts")
+    denoiser = export_denoiser(tiny_denoiser(), root / "denoiser.pt")
+    classifier = root / "classifier.pt"
+    export_classifier(tiny_classifier(), classifier, temperature=1.0)
+    return {"denoiser": denoiser, "classifier": classifier}
+
+
+def module_for(strategy: str, scale: float = 2.0, **kwargs) -> SamplingModule:
+    chain = GaussianDiffusion.from_config(steps=1000, learn_sigma=True, respacing="8")
+    guidance = make_guidance(
+        GuidanceClassifier(tiny_classifier(), input_mode="x0"),
+        build_strategy(strategy),
+        build_schedule("constant", scale),
+        1000,
+    )
+    return SamplingModule(
+        tiny_denoiser().ema,
+        chain,
+        image_shape=(1, 8, 8),
+        class_cond=True,
+        guidance=guidance,
+        progress=False,
+        **kwargs,
+    )
+
+
+def run_batches(module: SamplingModule, labels: torch.Tensor, batch_size: int) -> np.ndarray:
+    images = []
+    for start, end in chunk_ranges(len(labels), batch_size):
+        batch = {"indices": torch.arange(start, end), "labels": labels[start:end]}
+        with torch.inference_mode():
+            images.append(module.predict_step(batch)["images"].numpy())
+    return np.concatenate(images)
+
+
+def assert_images_match(a: np.ndarray, b: np.ndarray) -> None:
+    """Equal uint8 arrays, up to ±1 level on under 0.1% of pixels (floating-point batch effects)."""
+    diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    assert diff.max() <= 1, diff.max()
+    assert (diff > 0).mean() < 1e-3
+
+
+# --------------------------------------------------------------------------- pure pieces
+
+
+def test_label_protocols():
+    random = sample_labels(1000, 10, "random", seed=3)
+    assert torch.equal(random, sample_labels(1000, 10, "random", seed=3))
+    assert not torch.equal(random, sample_labels(1000, 10, "random", seed=4))
+    assert set(random.tolist()) == set(range(10))
+    assert sample_labels(12, 5, "balanced").tolist() == [0, 1, 2, 3, 4] * 2 + [0, 1]
+    assert set(sample_labels(7, 5, "fixed", fixed_class=3).tolist()) == {3}
+    with pytest.raises(ValueError, match="sampling.labels"):
+        sample_labels(3, 3, "weird")
+    with pytest.raises(ValueError, match="sampling.fixed_class"):
+        sample_labels(3, 3, "fixed", fixed_class=3)
+
+
+def test_chunks_skip_done_and_split_across_ranks_without_gaps():
+    dm = LabelDataModule(10, 3, batch_size=3, done=lambda: {0, 1, 2, 4})
+    assert dm.pending_chunks() == [(3, 6), (6, 9), (9, 10)]
+    ranks = [dm.pending_chunks(rank, 2) for rank in range(2)]
+    assert ranks == [[(3, 6), (9, 10)], [(6, 9)]]
+    covered = sorted(i for chunks in ranks for s, e in chunks for i in range(s, e))
+    assert covered == list(range(3, 10))
+
+
+def test_per_sample_noise_does_not_depend_on_the_batch():
+    whole = PerSampleNoise(7, range(6), (1, 4, 4))
+    first, second = whole.draw(), whole.draw()
+    part = PerSampleNoise(7, [4, 5], (1, 4, 4))
+    torch.testing.assert_close(part.draw(), first[4:])
+    torch.testing.assert_close(part.draw(), second[4:])
+    assert sample_seed(0, 1) != sample_seed(1, 0) != sample_seed(0, 2)
+
+
+# --------------------------------------------------------------------------- invariances
+
+
+@pytest.mark.parametrize("strategy", ["none", "vanilla", "js", "reverse_kl", "entropy"])
+def test_batch_size_does_not_change_samples(strategy):
+    labels = sample_labels(8, 10, "random", seed=0)
+    module = module_for(strategy)
+    assert_images_match(run_batches(module, labels, 8), run_batches(module, labels, 3))
+
+
+def test_tilted_depends_on_the_batch_by_design():
+    labels = sample_labels(8, 10, "random", seed=0)
+    module = module_for("tilted", scale=200.0)
+    a, b = run_batches(module, labels, 8), run_batches(module, labels, 2)
+    assert np.abs(a.astype(int) - b.astype(int)).max() > 1
+
+
+def test_guidance_changes_samples_and_records_diagnostics():
+    labels = sample_labels(4, 10, "balanced")
+    batch = {"indices": torch.arange(4), "labels": labels}
+    guided_module, plain_module = module_for("vanilla", scale=50.0), module_for("none")
+    with torch.inference_mode():
+        guided = guided_module.predict_step(batch)
+        plain = plain_module.predict_step(batch)
+    assert not np.array_equal(guided["images"].numpy(), plain["images"].numpy())
+    chain_t = module_for("none").diffusion.timestep_map.tolist()
+    assert sorted(guided["diagnostics"]) == sorted(chain_t)
+    assert plain["diagnostics"] == {}
+
+
+def test_snapshots_of_tracked_samples():
+    module = module_for("vanilla", snapshot_timesteps=(999,), snapshot_count=2)
+    chain_t = module.diffusion.timestep_map.tolist()
+    module.snapshot_timesteps = {chain_t[-1], chain_t[0]}
+    with torch.inference_mode():
+        out = module.predict_step({"indices": torch.arange(4), "labels": torch.arange(4)})
+    assert set(out["snapshots"]) == {chain_t[-1], chain_t[0]}
+    assert out["snapshots"][chain_t[-1]]["pred_x0"].shape == (2, 1, 8, 8)
+    assert out["snapshot_indices"].tolist() == [0, 1]
+
+
+def test_merge_reports_gaps(tmp_path):
+    save_npz(
+        tmp_path / "00000000-00000001.npz",
+        images=np.zeros((2, 8, 8, 1), np.uint8),
+        labels=np.array([0, 1]),
+        indices=np.array([0, 1]),
+        diag_t=np.array([], np.int64),
+        diag_n=np.array([]),
+        **{f"diag_{k}": np.array([]) for k in ("grad_norm", "p_y", "entropy", "scale")},
+    )
+    assert merge_shards(tmp_path, 2)["images"].shape == (2, 8, 8, 1)
+    with pytest.raises(RuntimeError, match="1 of 3 samples missing"):
+        merge_shards(tmp_path, 3)
+
+
+# --------------------------------------------------------------------------- the job
+
+
+def sample_overrides(artifacts, out_dir: Path, *extra: str) -> list[str]:
+    return [
+        "data.image_size=8",
+        f"denoiser.checkpoint={artifacts['denoiser']}",
+        f"classifier.checkpoint={artifacts['classifier']}",
+        "classifier.params.width=32",
+        "diffusion.respacing='6'",
+        "sampling.num_samples=10",
+        "sampling.batch_size=4",
+        "sampling.progress=false",
+        "sampling.snapshot_count=2",
+        "sampling.snapshot_timesteps=[999]",
+        "trainer.enable_progress_bar=false",
+        f"sampling.out_dir={out_dir}",
+        *extra,
+    ]
+
+
+def test_sample_job_writes_adm_npz_and_resumes(compose_config, artifacts, tmp_path):
+    out = tmp_path / "run"
+    cfg = compose_config("sample", sample_overrides(artifacts, out, "guidance=js"))
+    record = sample_main.task(cfg)
+    with np.load(out / "samples.npz") as npz:
+        images, labels = npz["arr_0"], npz["arr_1"]
+    assert images.shape == (10, 8, 8, 1) and images.dtype == np.uint8
+    assert labels.tolist() == [i % 10 for i in range(10)]
+    for name in ("grid.png", "diagnostics.csv", "diagnostics.png", "config.yaml"):
+        assert (out / name).is_file(), name
+    assert record["num_samples"] == 10
+
+    # Lose some shards (as a kill would) and leave a stray temp file: the rerun redoes exactly
+    # the missing chunks and merges to the same arrays.
+    shards = sorted((out / "shards").glob("*.npz"))
+    assert len(shards) == 3
+    shards[1].unlink()
+    (out / "shards" / ".00000004-00000007.npz.123.tmp").write_bytes(b"partial")
+    (out / "samples.npz").unlink()
+    sample_main.task(cfg)
+    with np.load(out / "samples.npz") as npz:
+        np.testing.assert_array_equal(npz["arr_0"], images)
+        np.testing.assert_array_equal(npz["arr_1"], labels)
+    assert len(list((out / "shards").glob("*.npz"))) == 3
+
+
+def test_default_out_dir_is_keyed_by_config(compose_config, artifacts, tmp_path):
+    from calguide.sampling.job import output_dir
+
+    base = sample_overrides(artifacts, tmp_path, "sampling.out_dir=null")
+    a = output_dir(compose_config("sample", [*base, "guidance.scale=1"]), False)
+    b = output_dir(compose_config("sample", [*base, "guidance.scale=2"]), False)
+    c = output_dir(
+        compose_config("sample", [*base, "guidance.scale=1", "sampling.batch_size=2"]), False
+    )
+    assert a != b and a == c
+    assert "js" not in a.name and "vanilla-s1" in a.name
+
+
+def test_sample_config_validates_guidance(compose_config, artifacts, tmp_path):
+    from calguide.config import ConfigError, validate
+
+    cfg = compose_config(
+        "sample", [*sample_overrides(artifacts, tmp_path), "+guidance.params.bogus=1"]
+    )
+    with pytest.raises(ConfigError, match="bogus"):
+        validate(cfg)
+
+
+def run_sample_cli(args: list[str], env_extra: dict[str, str] | None = None):
+    # The installed console script: Lightning's DDP launcher re-runs the same command per rank.
+    script = Path(sys.executable).parent / "calguide-sample"
+    env = {**os.environ, "WANDB_MODE": "offline", **(env_extra or {})}
+    return subprocess.run(
+        [str(script), *args], capture_output=True, text=True, timeout=600, env=env
+    )
+
+
+@pytest.mark.slow
+def test_two_process_ddp_equals_one_process(artifacts, tmp_path):
+    common = [
+        a
+        for a in sample_overrides(artifacts, tmp_path, "guidance=vanilla")
+        if not a.startswith("sampling.out_dir")
+    ] + [f"paths.log_dir={tmp_path}/logs"]
+    one = run_sample_cli([*common, f"sampling.out_dir={tmp_path}/one"])
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run_sample_cli(
+        [
+            *common,
+            f"sampling.out_dir={tmp_path}/two",
+            "trainer=ddp",
+            "trainer.devices=2",
+            "trainer.accelerator=cpu",
+        ]
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    with (
+        np.load(tmp_path / "one" / "samples.npz") as a,
+        np.load(tmp_path / "two" / "samples.npz") as b,
+    ):
+        assert_images_match(a["arr_0"], b["arr_0"])
+        np.testing.assert_array_equal(a["arr_1"], b["arr_1"])

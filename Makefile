@@ -106,3 +106,7 @@ clean-artifacts: ## remove trained models and grids (the next `make run` retrain
 .PHONY: distclean
 distclean: clean clean-artifacts ## also remove the virtual environment
 	rm -rf $(VENV)
+
+.PHONY: bench
+bench: $(STAMP) ## guided-step cost per strategy vs the floor (digits pair; writes bench/*.json, *.md)
+	$(BIN)/python experiments/bench.py --pair digits --batch 50 --out bench

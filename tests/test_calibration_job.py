@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import tiny_denoiser_module
 
 from calguide.calibrate import main as calibrate_main
 from calguide.calibration.metrics import classification_metrics, fit_temperature, timestep_buckets
 from calguide.calibration.module import ClassifierModule
 from calguide.calibration.report import calibration_table, named_buckets
-from calguide.denoiser import DenoiserModule, export_denoiser
+from calguide.denoiser import export_denoiser
 from calguide.diffusion import GaussianDiffusion
 from calguide.nets import resnet18
 from calguide.nets.classifiers import build_classifier, export_classifier, load_classifier
@@ -23,22 +24,7 @@ TINY_CLASSIFIER = ["classifier.params.width=32"]
 
 
 def tiny_denoiser_file(path: Path) -> Path:
-    module = DenoiserModule(
-        flags=dict(
-            image_size=8,
-            in_channels=1,
-            num_classes=10,
-            class_cond=True,
-            learn_sigma=True,
-            num_channels=32,
-            num_res_blocks=1,
-            channel_mult="1,2",
-            attention_resolutions="4",
-        ),
-        diffusion={"steps": 1000, "schedule": "linear", "sigma_small": False},
-        optim={"lr": 1e-3, "weight_decay": 0.0, "warmup_steps": 0, "ema_decay": 0.9},
-    )
-    return export_denoiser(module, path)
+    return export_denoiser(tiny_denoiser_module(), path)
 
 
 def test_timestep_buckets_cover_the_chain():

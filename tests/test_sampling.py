@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny import tiny_denoiser_module
 
 from calguide.denoiser import DenoiserModule, export_denoiser
 from calguide.diffusion import GaussianDiffusion
@@ -26,26 +27,10 @@ from calguide.sampling.module import SamplingModule
 from calguide.sampling.noise import PerSampleNoise, sample_seed
 from calguide.sampling.writer import merge_shards, save_npz
 
-FLAGS = dict(
-    image_size=8,
-    in_channels=1,
-    num_classes=10,
-    class_cond=True,
-    learn_sigma=True,
-    num_channels=32,
-    num_res_blocks=1,
-    channel_mult="1,2",
-    attention_resolutions="4",
-)
-
 
 def tiny_denoiser(seed: int = 0) -> DenoiserModule:
     torch.manual_seed(seed)
-    module = DenoiserModule(
-        flags=FLAGS,
-        diffusion={"steps": 1000, "schedule": "linear", "sigma_small": False},
-        optim={"lr": 1e-3, "weight_decay": 0.0, "warmup_steps": 0, "ema_decay": 0.9},
-    )
+    module = tiny_denoiser_module()
     # Random but non-zero output convs, so the denoiser is not the zero function.
     with torch.no_grad():
         for p in module.ema.out.parameters():

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from tiny import tiny_denoiser_module
 
 from calguide.denoiser import (
     DenoiserModule,
@@ -67,23 +68,7 @@ def test_train_rejects_denoiser_not_matching_data(compose_config):
 
 
 def tiny_module(**flag_overrides) -> DenoiserModule:
-    flags = dict(
-        image_size=8,
-        in_channels=1,
-        num_classes=10,
-        class_cond=True,
-        learn_sigma=True,
-        num_channels=32,
-        num_res_blocks=1,
-        channel_mult="1,2",
-        attention_resolutions="4",
-    )
-    flags.update(flag_overrides)
-    return DenoiserModule(
-        flags=flags,
-        diffusion={"steps": 100, "schedule": "linear", "sigma_small": False},
-        optim={"lr": 1e-3, "weight_decay": 0.0, "warmup_steps": 10, "ema_decay": 0.9},
-    )
+    return tiny_denoiser_module(steps=100, **flag_overrides)
 
 
 def test_training_step_loss_is_finite_and_backpropagates():

@@ -20,10 +20,11 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from calguide.nets import swap_relu_for_softplus
+from calguide.nets.classifiers import IMAGENET_MEAN, IMAGENET_STD
+from calguide.nets.classifiers import prepare_input as preprocess_x0
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -36,32 +37,8 @@ __all__ = [
 
 INPUT_MODES = ("noisy", "x0")
 NORMALIZATIONS = ("identity", "unit", "imagenet", "custom")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 InputMode = Literal["noisy", "x0"]
-
-
-def preprocess_x0(
-    x: Tensor,
-    *,
-    to_unit: bool,
-    mean: Tensor | None = None,
-    std: Tensor | None = None,
-    size: tuple[int, int] | None = None,
-) -> Tensor:
-    """Map x̂₀ in [−1, 1] to a classifier's input: optional [0, 1] map, resize, then (x−μ)/σ.
-
-    The resize is plain bilinear (no antialiasing): a cheap linear map whose transpose carries
-    the gradient back; antialiasing only changes downscaling, and guidance usually upscales.
-    """
-    if to_unit:
-        x = (x + 1.0) * 0.5
-    if size is not None and tuple(x.shape[-2:]) != size:
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
-    if mean is not None and std is not None:
-        x = (x - mean.to(x)) / std.to(x)
-    return x
 
 
 def _channel_vector(name: str, values: Sequence[float]) -> Tensor:

@@ -43,6 +43,30 @@ ARCHITECTURES = {
     "adm_classifier": create_adm_classifier,
 }
 NOISE_AWARE = {"adm_classifier"}
+
+
+def prepare_input(
+    x: Tensor,
+    *,
+    to_unit: bool,
+    mean: Tensor | None = None,
+    std: Tensor | None = None,
+    size: tuple[int, int] | None = None,
+) -> Tensor:
+    """Map an image in [−1, 1] to a classifier's input: optional [0, 1] map, resize, (x−μ)/σ.
+
+    The resize is plain bilinear (no antialiasing): a cheap linear map whose transpose carries
+    the guidance gradient back; antialiasing only changes downscaling.
+    """
+    if to_unit:
+        x = (x + 1.0) * 0.5
+    if size is not None and tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
+    if mean is not None and std is not None:
+        x = (x - mean.to(x)) / std.to(x)
+    return x
+
+
 NORMALIZATIONS = ("none", "imagenet")
 
 
@@ -78,13 +102,14 @@ class Classifier(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
     def prepare(self, x: Tensor) -> Tensor:
-        if self.input_size is not None and x.shape[-1] != self.input_size:
-            x = F.interpolate(
-                x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False
-            )
-        if self.normalize == "imagenet":
-            x = ((x + 1.0) / 2.0 - self.mean) / self.std
-        return x
+        imagenet = self.normalize == "imagenet"
+        return prepare_input(
+            x,
+            to_unit=imagenet,
+            mean=self.mean if imagenet else None,
+            std=self.std if imagenet else None,
+            size=(self.input_size, self.input_size) if self.input_size is not None else None,
+        )
 
     def forward(self, x: Tensor, t: Tensor | None = None) -> Tensor:
         x = self.prepare(x)

@@ -54,6 +54,7 @@ CLF_DIR := $(A)/digits/classifiers
 CLF_CLEAN := $(CLF_DIR)/digits_resnet-clean-ce-s0.pt
 CLF_SMECE := $(CLF_DIR)/digits_resnet-x0-smece-s0.pt
 CLF_CE := $(CLF_DIR)/digits_resnet-x0-ce-s0.pt
+CLF_EVAL := $(CLF_DIR)/digits_eval-clean-ce-s1.pt
 COMMON := paths.artifacts=$(A) paths.log_dir=$(abspath logs)
 STRATEGIES ?= none,vanilla,forward_kl,reverse_kl,js,hellinger
 SCALE ?= 2.0
@@ -69,6 +70,10 @@ $(CLF_CLEAN): | $(STAMP)
 	$(BIN)/calguide-calibrate $(COMMON) calibration=ce inputs.mode=clean init=null \
 		trainer.max_steps=600 optim.lr=2e-3 evaluation.diagrams=[clean]
 
+$(CLF_EVAL): | $(STAMP)
+	$(BIN)/calguide-calibrate $(COMMON) classifier=digits_eval calibration=ce inputs.mode=clean \
+		init=null seed=1 trainer.max_steps=600 optim.lr=2e-3 evaluation.diagrams=[clean]
+
 $(CLF_SMECE): $(CLF_CLEAN) $(DENOISER)
 	$(BIN)/calguide-calibrate $(COMMON) calibration=smece
 
@@ -83,7 +88,7 @@ calibrate: $(CLF_SMECE) $(CLF_CE) ## fine-tune the digits classifier on x̂₀: 
 		$(CLF_DIR)/digits_resnet-x0-smece-s0/calibration.json
 
 .PHONY: sample
-sample: calibrate ## guided digits samples for each strategy with the smECE-calibrated classifier
+sample: calibrate $(CLF_EVAL) ## guided digits samples per strategy (smECE-calibrated classifier) + metrics
 	$(BIN)/calguide-sample --multirun $(COMMON) guidance=$(STRATEGIES) guidance.scale=$(SCALE) \
 		hydra.sweep.dir=$(RUNLOGS)/sample
 	$(BIN)/python experiments/diagnostics_figure.py $(RUNLOGS)/sample \

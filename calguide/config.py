@@ -266,6 +266,34 @@ class SamplingConfig:
         _at_least("sampling.snapshot_count", self.snapshot_count, 0)
 
 
+@dataclass
+class MetricsConfig:
+    kind: str = "none"
+    evaluator: str | None = None
+    reference: str = "heldout"
+    cache_dir: str | None = None
+    k: int = 3
+    max_pr_samples: int | None = 50_000
+    batch_size: int = 256
+    inception_weights: str | None = None
+    download: bool = False
+
+    def __post_init__(self) -> None:
+        _choice("metrics.kind", self.kind, ("none", "domain", "inception"))
+        if self.kind == "none":
+            return
+        _in_range("metrics.k", self.k, 1, 100)
+        _at_least("metrics.batch_size", self.batch_size, 1)
+        if self.max_pr_samples is not None:
+            _at_least("metrics.max_pr_samples", self.max_pr_samples, self.k + 1)
+        if self.reference not in ("heldout", "train") and not self.reference.endswith(".npz"):
+            raise ConfigError(
+                f"metrics.reference={self.reference!r}: must be heldout, train or a .npz path"
+            )
+        if self.kind == "domain" and not self.evaluator:
+            raise ConfigError("metrics.evaluator: metrics=domain needs an evaluation classifier")
+
+
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
 PRECISIONS = (
     "32-true",
@@ -308,6 +336,7 @@ SCHEMAS: dict[str, type] = {
     "evaluation": EvaluationConfig,
     "guidance": GuidanceConfig,
     "sampling": SamplingConfig,
+    "metrics": MetricsConfig,
 }
 
 

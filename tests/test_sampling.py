@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -196,13 +197,19 @@ def sample_overrides(artifacts, out_dir: Path, *extra: str) -> list[str]:
         "sampling.snapshot_timesteps=[999]",
         "trainer.enable_progress_bar=false",
         f"sampling.out_dir={out_dir}",
+        "metrics=none",
         *extra,
     ]
 
 
 def test_sample_job_writes_adm_npz_and_resumes(compose_config, artifacts, tmp_path):
     out = tmp_path / "run"
-    cfg = compose_config("sample", sample_overrides(artifacts, out, "guidance=js"))
+    domain_metrics = [
+        "metrics=domain",
+        f"metrics.evaluator={artifacts['classifier']}",
+        f"metrics.cache_dir={tmp_path / 'reference'}",
+    ]
+    cfg = compose_config("sample", sample_overrides(artifacts, out, "guidance=js", *domain_metrics))
     record = sample_main.task(cfg)
     with np.load(out / "samples.npz") as npz:
         images, labels = npz["arr_0"], npz["arr_1"]
@@ -211,6 +218,10 @@ def test_sample_job_writes_adm_npz_and_resumes(compose_config, artifacts, tmp_pa
     for name in ("grid.png", "diagnostics.csv", "diagnostics.png", "config.yaml"):
         assert (out / name).is_file(), name
     assert record["num_samples"] == 10
+    first_metrics = json.loads((out / "metrics.json").read_text())
+    assert set(first_metrics) >= {"fid", "precision", "recall", "class_acc"}
+    assert np.isfinite(first_metrics["fid"]) and 0 <= first_metrics["class_acc"] <= 1
+    assert list((tmp_path / "reference").glob("*.pt"))  # reference statistics cached
 
     # Lose some shards (as a kill would) and leave a stray temp file: the rerun redoes exactly
     # the missing chunks and merges to the same arrays.
@@ -224,6 +235,10 @@ def test_sample_job_writes_adm_npz_and_resumes(compose_config, artifacts, tmp_pa
         np.testing.assert_array_equal(npz["arr_0"], images)
         np.testing.assert_array_equal(npz["arr_1"], labels)
     assert len(list((out / "shards").glob("*.npz"))) == 3
+    # Metrics after a resume cover all samples, as if uninterrupted.
+    resumed_metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("fid", "precision", "recall", "class_acc"):
+        assert resumed_metrics[key] == pytest.approx(first_metrics[key], rel=1e-4, abs=1e-6)
 
 
 def test_default_out_dir_is_keyed_by_config(compose_config, artifacts, tmp_path):
@@ -283,3 +298,28 @@ def test_two_process_ddp_equals_one_process(artifacts, tmp_path):
     ):
         assert_images_match(a["arr_0"], b["arr_0"])
         np.testing.assert_array_equal(a["arr_1"], b["arr_1"])
+
+
+def test_eval_entry_matches_the_sampling_metrics(compose_config, artifacts, tmp_path):
+    from calguide.evaluate import main as eval_main
+
+    out = tmp_path / "run"
+    metrics = [
+        "metrics=domain",
+        f"metrics.evaluator={artifacts['classifier']}",
+        f"metrics.cache_dir={tmp_path / 'reference'}",
+    ]
+    sample_main.task(compose_config("sample", sample_overrides(artifacts, out, *metrics)))
+    streamed = json.loads((out / "metrics.json").read_text())
+    cfg = compose_config(
+        "eval",
+        [
+            "data.image_size=8",
+            f"samples={out / 'samples.npz'}",
+            f"output_dir={tmp_path / 'e'}",
+            *metrics,
+        ],
+    )
+    results = eval_main.task(cfg)
+    for key in ("fid", "precision", "recall", "class_acc"):
+        assert results[key] == pytest.approx(streamed[key], rel=1e-4, abs=1e-6)

@@ -19,6 +19,8 @@ from calguide.denoiser import load_denoiser
 from calguide.diffusion import GaussianDiffusion
 from calguide.guidance import GuidanceClassifier, build_schedule, build_strategy, make_guidance
 from calguide.io import atomic_write_text
+from calguide.metrics.callback import GenerativeMetrics
+from calguide.metrics.setup import evaluate_samples, metrics_callback
 from calguide.nets.classifiers import load_classifier
 from calguide.sampling.diagnostics import plot_diagnostics, save_snapshots, write_diagnostics_csv
 from calguide.sampling.grid import save_image_grid
@@ -159,32 +161,35 @@ def run_sampling(cfg: DictConfig) -> dict[str, Any]:
         done=lambda: written_indices(shard_dir),
     )
     writer = ShardWriter(shard_dir)
-    trainer: L.Trainer = instantiate(
-        cfg.trainer,
-        callbacks=[writer, *extra_callbacks(cfg, out_dir)],
-        logger=loggers_from(cfg) or False,
-        use_distributed_sampler=False,
-    )
+    metrics = metrics_callback(cfg, out_dir)
     already = len(written_indices(shard_dir))
     if already:
         print(f"calguide: resuming {out_dir}: {already} of {cfg.sampling.num_samples} samples done")
+    # Streaming metrics only see this process's batches: after a resume they are computed from
+    # the merged set instead (see finish).
+    streaming = [metrics] if metrics is not None and not already else []
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        callbacks=[writer, *streaming],
+        logger=loggers_from(cfg) or False,
+        use_distributed_sampler=False,
+    )
     trainer.predict(module, datamodule=datamodule, return_predictions=False)
     trainer.strategy.barrier()
     if not trainer.is_global_zero:
         return {}
-    return finish(cfg, trainer, out_dir, writer, num_classes)
-
-
-def extra_callbacks(cfg: DictConfig, out_dir: Path) -> list:
-    """The metrics callback when configured (``metrics=none`` leaves it out)."""
-    spec = cfg.get("metrics")
-    if not spec or spec.get("_target_") is None:
-        return []
-    return [instantiate(spec, output_dir=str(out_dir))]
+    return finish(cfg, trainer, out_dir, writer, num_classes, metrics, resumed=bool(already))
 
 
 def finish(
-    cfg: DictConfig, trainer: L.Trainer, out_dir: Path, writer: ShardWriter, num_classes: int
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    out_dir: Path,
+    writer: ShardWriter,
+    num_classes: int,
+    metrics: GenerativeMetrics | None,
+    *,
+    resumed: bool,
 ) -> dict[str, Any]:
     merged = merge_shards(out_dir / "shards", int(cfg.sampling.num_samples))
     npz = save_npz(out_dir / "samples.npz", arr_0=merged["images"], arr_1=merged["labels"])
@@ -206,6 +211,21 @@ def finish(
         "seed": int(cfg.seed),
         "out_dir": str(out_dir),
     }
+    if metrics is not None:
+        if resumed:
+            metrics.results = evaluate_samples(
+                metrics,
+                merged["images"],
+                merged["labels"],
+                output_dir=out_dir,
+                device=trainer.strategy.root_device,
+            )
+            for logger in trainer.loggers:
+                logger.log_metrics(
+                    {k: v for k, v in metrics.results.items() if isinstance(v, (int, float))}
+                )
+        record["metrics"] = metrics.results
+        print("calguide: metrics " + json.dumps(metrics.results))
     if merged["diagnostics"]:
         record["diagnostics_csv"] = str(
             write_diagnostics_csv(merged["diagnostics"], out_dir / "diagnostics.csv")

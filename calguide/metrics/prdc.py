@@ -1,0 +1,127 @@
+"""Improved precision and recall (Kynkäänniemi et al., NeurIPS 2019), blockwise.
+
+Each set's manifold is the union of balls around its points, the radius of a point being the
+distance to its k-th nearest neighbour in the same set (the point itself excluded, so the
+(k+1)-th smallest distance including the zero self-distance — as the authors' and
+torch-fidelity's code do). precision = fraction of fake points inside some real ball;
+recall = fraction of real points inside some fake ball. A point exactly on a ball's border
+counts as inside (≤).
+
+Distances are computed with ``torch.cdist`` on ``batch_size × batch_size`` blocks in float32
+(whatever the storage dtype), so memory is O(N·D + batch_size²) — never N×N. The real×fake
+block is computed once and serves both precision and recall. Results do not depend on the
+order of the blocks; ``device`` chooses where the blocks are computed (e.g. a GPU).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["knn_radii", "precision_recall"]
+
+
+def _blocks(n: int, size: int) -> list[tuple[int, int]]:
+    return [(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+def _block(x: Tensor, start: int, stop: int, device: torch.device) -> Tensor:
+    return x[start:stop].to(device=device, dtype=torch.float32)
+
+
+def _dist(a: Tensor, b: Tensor) -> Tensor:
+    # One formula for every block shape (cdist would switch formulas at 25 rows), so that
+    # results do not depend on the block size.
+    return torch.cdist(a, b, compute_mode="use_mm_for_euclid_dist")
+
+
+class _Float32Matmul:
+    """Full-precision float32 matmuls inside the block (no TF32), restored afterwards."""
+
+    def __enter__(self) -> None:
+        self._old = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("highest")
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_float32_matmul_precision(self._old)
+
+
+def knn_radii(
+    features: Tensor,
+    k: int = 3,
+    *,
+    batch_size: int = 10000,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Distance of every row to its k-th nearest other row (float32, on ``device``)."""
+    n = features.shape[0]
+    if n <= k:
+        raise ValueError(f"k-NN radii with k={k} need more than {k} points, got {n}")
+    dev = torch.device(device) if device is not None else features.device
+    with torch.no_grad(), _Float32Matmul():
+        return _knn_radii(features, k, batch_size, dev)
+
+
+def _knn_radii(features: Tensor, k: int, batch_size: int, dev: torch.device) -> Tensor:
+    n = features.shape[0]
+    radii = torch.empty(n, dtype=torch.float32, device=dev)
+    for r0, r1 in _blocks(n, batch_size):
+        rows = _block(features, r0, r1, dev)
+        best: Tensor | None = None  # running k+1 smallest distances per row
+        for c0, c1 in _blocks(n, batch_size):
+            cols = rows if (c0, c1) == (r0, r1) else _block(features, c0, c1, dev)
+            dist = _dist(rows, cols)
+            if (c0, c1) == (r0, r1):
+                # The self-distance is exactly zero in exact arithmetic; cdist's matmul route
+                # may leave a tiny positive residue, so set it (it is one of the k+1).
+                dist.fill_diagonal_(0.0)
+            m = min(k + 1, dist.shape[1])
+            cand = torch.topk(dist, m, dim=1, largest=False, sorted=False).values
+            del dist
+            if best is not None:
+                cand = torch.cat([best, cand], dim=1)
+            best = torch.topk(cand, min(k + 1, cand.shape[1]), dim=1, largest=False).values
+        assert best is not None
+        radii[r0:r1] = best[:, k]  # sorted ascending; column k is the k-th neighbour
+    return radii
+
+
+def precision_recall(
+    real: Tensor,
+    fake: Tensor,
+    k: int = 3,
+    *,
+    batch_size: int = 10000,
+    device: torch.device | str | None = None,
+) -> tuple[float, float]:
+    """(precision, recall) of ``fake`` against ``real`` features (2-D, one row per image).
+
+    Features may be stored as float16/float32/float64; blocks are cast to float32. The number
+    of rows of the two sets may differ (the paper uses equal counts).
+    """
+    if real.ndim != 2 or fake.ndim != 2:
+        raise ValueError(
+            f"features must be 2-D [N, D], got {tuple(real.shape)} and {tuple(fake.shape)}"
+        )
+    if real.shape[1] != fake.shape[1]:
+        raise ValueError(f"feature dims differ: real {real.shape[1]}, fake {fake.shape[1]}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    dev = torch.device(device) if device is not None else real.device
+    with torch.no_grad(), _Float32Matmul():
+        r_real = knn_radii(real, k, batch_size=batch_size, device=dev)
+        r_fake = knn_radii(fake, k, batch_size=batch_size, device=dev)
+        fake_in_real = torch.zeros(fake.shape[0], dtype=torch.bool, device=dev)
+        real_in_fake = torch.zeros(real.shape[0], dtype=torch.bool, device=dev)
+        for f0, f1 in _blocks(fake.shape[0], batch_size):
+            frows = _block(fake, f0, f1, dev)
+            for q0, q1 in _blocks(real.shape[0], batch_size):
+                dist = _dist(frows, _block(real, q0, q1, dev))  # [fake block, real block]
+                fake_in_real[f0:f1] |= (dist <= r_real[q0:q1].unsqueeze(0)).any(dim=1)
+                real_in_fake[q0:q1] |= (dist <= r_fake[f0:f1].unsqueeze(1)).any(dim=0)
+                del dist
+    precision = fake_in_real.double().mean().item()
+    recall = real_in_fake.double().mean().item()
+    return float(precision), float(recall)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -18,6 +16,7 @@ from calguide.calibration.ece import (
     reliability_curve,
     smooth_ece,
 )
+from calguide.io import atomic_path
 
 __all__ = ["save_reliability_diagram"]
 
@@ -100,15 +99,6 @@ def save_reliability_diagram(
     ax.legend(loc="upper left", fontsize="small")
     fig.tight_layout()
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format=fmt)
-        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; give the image ordinary permissions
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=fmt)
     return path

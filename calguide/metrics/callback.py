@@ -18,10 +18,8 @@ padding ``DistributedSampler``, are counted once), rank 0 computes ``fid``, ``pr
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -32,6 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from calguide.io import atomic_write_json
 from calguide.metrics._subset import SampleBuffer, as_dtype, release_free_heap, select_subset
 from calguide.metrics.features import FeatureExtractor, as_uint8_nhwc
 from calguide.metrics.fid import FeatureStats, fid_from_stats
@@ -47,20 +46,6 @@ def _field(ref: Any, name: str) -> Any:
     if isinstance(ref, Mapping):
         return ref.get(name)
     return getattr(ref, name, None)
-
-
-def _write_json_atomic(data: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def combine_rank_states(
@@ -403,7 +388,7 @@ class GenerativeMetrics(L.Callback):
             logger.log_metrics(metrics)
             logger.save()
         if self.output_dir is not None:
-            _write_json_atomic(results, self.output_dir / "metrics.json")
+            atomic_write_json(results, self.output_dir / "metrics.json")
 
 
 def _dist_active() -> bool:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from calguide.io import atomic_torch_save
 from calguide.metrics._subset import SampleBuffer, as_dtype
 from calguide.metrics.features import FeatureExtractor, as_uint8_nhwc
 from calguide.metrics.fid import FeatureStats
@@ -152,21 +152,6 @@ def reference_cache_path(cache_dir: str | os.PathLike, key: Mapping[str, Any]) -
     return Path(cache_dir) / f"reference-{digest}.pt"
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def cached_reference(
     cache_dir: str | os.PathLike,
     key: Mapping[str, Any],
@@ -192,7 +177,7 @@ def cached_reference(
             if isinstance(payload, dict) and payload.get("key") == canonical:
                 return dict(payload["stats"])
     stats = {k: _loadable(v) for k, v in dict(compute()).items()}
-    _atomic_torch_save({"format": 1, "key": canonical, "stats": stats}, path)
+    atomic_torch_save({"format": 1, "key": canonical, "stats": stats}, path)
     return stats
 
 

@@ -99,6 +99,7 @@ def reference_key(cfg: DictConfig, spec: DictConfig, extractor: Any) -> dict[str
             heldout_fraction=float(cfg.data.heldout_fraction),
         )
     key["max_pr_samples"] = spec.max_pr_samples
+    key["features_dtype"] = "float16"  # reference_features' storage of the kept rows
     return key
 
 
@@ -142,9 +143,7 @@ def evaluate_samples(
 ) -> dict[str, Any]:
     """Metrics of a finished sample set (uint8 N×H×W×C and labels), without a Trainer: used
     after a resumed run (the streaming pass saw only the new batches) and by calguide-eval."""
-    import json
-
-    from calguide.io import atomic_write_text
+    from calguide.io import atomic_write_json
 
     images = torch.as_tensor(images)
     labels = torch.as_tensor(labels).long()
@@ -163,5 +162,5 @@ def evaluate_samples(
     results = callback.compute(device)
     callback.reset()
     if output_dir is not None:
-        atomic_write_text(json.dumps(results, indent=2), Path(output_dir) / "metrics.json")
+        atomic_write_json(results, Path(output_dir) / "metrics.json")
     return results

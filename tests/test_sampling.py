@@ -277,7 +277,14 @@ def run_sample_cli(args: list[str], env_extra: dict[str, str] | None = None):
 def test_two_process_ddp_equals_one_process(artifacts, tmp_path):
     common = [
         a
-        for a in sample_overrides(artifacts, tmp_path, "guidance=vanilla")
+        for a in sample_overrides(
+            artifacts,
+            tmp_path,
+            "guidance=vanilla",
+            "metrics=domain",
+            f"metrics.evaluator={artifacts['classifier']}",
+            f"metrics.cache_dir={tmp_path / 'reference'}",
+        )
         if not a.startswith("sampling.out_dir")
     ] + [f"paths.log_dir={tmp_path}/logs"]
     one = run_sample_cli([*common, f"sampling.out_dir={tmp_path}/one"])
@@ -298,6 +305,11 @@ def test_two_process_ddp_equals_one_process(artifacts, tmp_path):
     ):
         assert_images_match(a["arr_0"], b["arr_0"])
         np.testing.assert_array_equal(a["arr_1"], b["arr_1"])
+    # The metrics gathered over two ranks equal the single-process ones.
+    m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    for key in ("fid", "precision", "recall", "class_acc"):
+        assert m2[key] == pytest.approx(m1[key], rel=1e-4, abs=1e-6)
 
 
 def test_eval_entry_matches_the_sampling_metrics(compose_config, artifacts, tmp_path):

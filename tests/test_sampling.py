@@ -202,14 +202,21 @@ def sample_overrides(artifacts, out_dir: Path, *extra: str) -> list[str]:
     ]
 
 
-def test_sample_job_writes_adm_npz_and_resumes(compose_config, artifacts, tmp_path):
-    out = tmp_path / "run"
-    domain_metrics = [
+def domain_metrics(artifacts, tmp_path: Path) -> list[str]:
+    """Overrides for metrics=domain with the tiny classifier as the evaluation network."""
+    return [
         "metrics=domain",
         f"metrics.evaluator={artifacts['classifier']}",
         f"metrics.cache_dir={tmp_path / 'reference'}",
     ]
-    cfg = compose_config("sample", sample_overrides(artifacts, out, "guidance=js", *domain_metrics))
+
+
+def test_sample_job_writes_adm_npz_and_resumes(compose_config, artifacts, tmp_path):
+    out = tmp_path / "run"
+    cfg = compose_config(
+        "sample",
+        sample_overrides(artifacts, out, "guidance=js", *domain_metrics(artifacts, tmp_path)),
+    )
     record = sample_main.task(cfg)
     with np.load(out / "samples.npz") as npz:
         images, labels = npz["arr_0"], npz["arr_1"]
@@ -281,9 +288,7 @@ def test_two_process_ddp_equals_one_process(artifacts, tmp_path):
             artifacts,
             tmp_path,
             "guidance=vanilla",
-            "metrics=domain",
-            f"metrics.evaluator={artifacts['classifier']}",
-            f"metrics.cache_dir={tmp_path / 'reference'}",
+            *domain_metrics(artifacts, tmp_path),
         )
         if not a.startswith("sampling.out_dir")
     ] + [f"paths.log_dir={tmp_path}/logs"]
@@ -316,11 +321,7 @@ def test_eval_entry_matches_the_sampling_metrics(compose_config, artifacts, tmp_
     from calguide.evaluate import main as eval_main
 
     out = tmp_path / "run"
-    metrics = [
-        "metrics=domain",
-        f"metrics.evaluator={artifacts['classifier']}",
-        f"metrics.cache_dir={tmp_path / 'reference'}",
-    ]
+    metrics = domain_metrics(artifacts, tmp_path)
     sample_main.task(compose_config("sample", sample_overrides(artifacts, out, *metrics)))
     streamed = json.loads((out / "metrics.json").read_text())
     cfg = compose_config(

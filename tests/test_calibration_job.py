@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import tiny_denoiser_module
+from tiny import TINY_ADM_CLASSIFIER_FLAGS, tiny_denoiser_module
 
 from calguide.calibrate import main as calibrate_main
 from calguide.calibration.metrics import classification_metrics, fit_temperature, timestep_buckets
@@ -74,19 +74,7 @@ def test_module_rejects_inconsistent_settings():
 
 def test_noisy_mode_trains_a_noise_aware_classifier():
     diffusion = GaussianDiffusion.from_config(steps=100)
-    clf = build_classifier(
-        "adm_classifier",
-        dict(
-            image_size=8,
-            in_channels=1,
-            num_classes=10,
-            classifier_width=32,
-            classifier_depth=1,
-            classifier_attention_resolutions="4",
-            classifier_channel_mult="1,2",
-            classifier_num_head_channels=32,
-        ),
-    )
+    clf = build_classifier("adm_classifier", TINY_ADM_CLASSIFIER_FLAGS)
     module = ClassifierModule(clf, diffusion, mode="noisy", smece_weight=1.0, buckets=4)
     x0, y = torch.rand(16, 1, 8, 8) * 2 - 1, torch.randint(0, 10, (16,))
     loss = module.training_step((x0, y), 0)

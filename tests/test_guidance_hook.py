@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny import TINY_ADM_CLASSIFIER_FLAGS
 from torch import nn
 
 from calguide.diffusion.gaussian import GaussianDiffusion
@@ -335,19 +336,10 @@ def test_hook_drives_the_ddpm_sampler() -> None:
 def test_adm_noisy_classifier_matches_adm_cond_fn() -> None:
     """Vanilla noisy-mode guidance is ADM's cond_fn: s·∇_x log softmax(f(x, t))[y]."""
     torch.manual_seed(0)
-    net = create_adm_classifier(
-        image_size=16,
-        in_channels=1,
-        num_classes=10,
-        classifier_width=32,
-        classifier_depth=1,
-        classifier_channel_mult="1,2,2",
-        classifier_attention_resolutions="8",
-        classifier_num_head_channels=16,
-    )
+    net = create_adm_classifier(**TINY_ADM_CLASSIFIER_FLAGS)
     clf = GuidanceClassifier(net, input_mode="noisy")
     hook = make_guidance(clf, build_strategy("vanilla"), build_schedule("constant", 3.0), T)
-    x = torch.randn(2, 1, 16, 16)
+    x = torch.randn(2, 1, 8, 8)
     t = torch.tensor([500, 500])
     y = torch.tensor([4, 7])
     got = hook.bind(y)(x, x, t)

@@ -18,6 +18,17 @@ TINY_UNET_FLAGS: dict[str, Any] = dict(
     attention_resolutions="4",
 )
 
+TINY_ADM_CLASSIFIER_FLAGS: dict[str, Any] = dict(
+    image_size=8,
+    in_channels=1,
+    num_classes=10,
+    classifier_width=32,
+    classifier_depth=1,
+    classifier_attention_resolutions="4",
+    classifier_channel_mult="1,2",
+    classifier_num_head_channels=32,
+)
+
 
 def tiny_denoiser_module(steps: int = 1000, ema_decay: float = 0.9, **flags: Any) -> DenoiserModule:
     """A randomly initialised DenoiserModule on the tiny UNet (flags override the defaults)."""

@@ -112,6 +112,10 @@ clean-artifacts: ## remove trained models and grids (the next `make run` retrain
 distclean: clean clean-artifacts ## also remove the virtual environment
 	rm -rf $(VENV)
 
+.PHONY: lab
+lab: $(STAMP) ## Gaussian-mixture lab: every strategy vs the exact target (< 1 min; logs/lab/…)
+	$(BIN)/calguide-lab paths.log_dir=$(abspath logs)
+
 .PHONY: bench
 bench: $(STAMP) ## guided-step cost per strategy vs the floor (digits pair; writes bench/*.json, *.md)
 	$(BIN)/python experiments/bench.py --pair digits --batch 50 --out bench

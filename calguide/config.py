@@ -7,6 +7,7 @@ full key and what was allowed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -140,6 +141,7 @@ CLASSIFIER_ARCHS = (
     "resnet101",
     "resnet152",
     "adm_classifier",
+    "noisy_mlp",
 )
 
 
@@ -256,9 +258,13 @@ class SamplingConfig:
     snapshot_count: int = 0
     progress: bool = True
     out_dir: str | None = None
+    noise: str = "per_sample"
+    channels_last: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         _at_least("sampling.num_samples", self.num_samples, 1)
+        _choice("sampling.noise", self.noise, ("per_sample", "batch"))
         _at_least("sampling.batch_size", self.batch_size, 1)
         _choice("sampling.labels", self.labels, ("random", "balanced", "fixed"))
         _at_least("sampling.fixed_class", self.fixed_class, 0)
@@ -292,6 +298,84 @@ class MetricsConfig:
             )
         if self.kind == "domain" and not self.evaluator:
             raise ConfigError("metrics.evaluator: metrics=domain needs an evaluation classifier")
+
+
+LAB_CLASSIFIER_KINDS = ("exact", "mlp")
+
+
+@dataclass
+class LabMLPConfig:
+    width: int = 64
+    depth: int = 3
+    train_size: int = 2000
+    steps: int = 800
+    batch_size: int = 256
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        for key in ("width", "depth", "train_size", "steps", "batch_size"):
+            _at_least(f"lab.mlp.{key}", getattr(self, key), 1)
+        if self.batch_size > self.train_size:
+            raise ConfigError("lab.mlp.batch_size must be <= lab.mlp.train_size")
+        _in_range("lab.mlp.lr", self.lr, 0.0, 1.0, high_open=True)
+
+
+@dataclass
+class LabConfig:
+    mixture: dict[str, Any] = field(default_factory=dict)
+    classifiers: dict[str, Any] = field(default_factory=dict)
+    runs: list[Any] = field(default_factory=list)
+    mlp: LabMLPConfig = field(default_factory=LabMLPConfig)
+    num_samples: int = 3000
+    class_cond: bool = False
+    calibration_points: int = 20000
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        _at_least("lab.num_samples", self.num_samples, 4)
+        _at_least("lab.threads", self.threads, 1)
+        _at_least("lab.calibration_points", self.calibration_points, 10)
+        try:
+            from calguide.data.gmm import mixture_from_config
+
+            mixture = mixture_from_config(self.mixture.get("components") or [])
+        except (ValueError, TypeError, RuntimeError) as err:
+            raise ConfigError(
+                f"lab.{err}" if str(err).startswith("mixture") else f"lab.mixture: {err}"
+            ) from None
+        if self.num_samples < 2 * mixture.num_classes:
+            raise ConfigError(f"lab.num_samples must be >= 2 per class ({2 * mixture.num_classes})")
+        for name, spec in self.classifiers.items():
+            kind = (spec or {}).get("kind")
+            _choice(f"lab.classifiers.{name}.kind", kind, LAB_CLASSIFIER_KINDS)
+            temperature = float(spec.get("temperature", 1.0))
+            if not (math.isfinite(temperature) and temperature > 0):
+                raise ConfigError(f"lab.classifiers.{name}.temperature: must be > 0")
+            unknown = sorted(set(spec) - {"kind", "temperature", "smece_weight"})
+            if unknown:
+                raise ConfigError(
+                    f"lab.classifiers.{name}: unknown key(s) {unknown}; allowed: kind, "
+                    "temperature, smece_weight"
+                )
+        if not self.runs:
+            raise ConfigError("lab.runs: at least one run is required")
+        from calguide.guidance import build_schedule, build_strategy
+
+        for i, run in enumerate(self.runs):
+            name = (run or {}).get("guidance")
+            if not name or not (conf_dir() / "guidance" / f"{name}.yaml").is_file():
+                options = sorted(p.stem for p in (conf_dir() / "guidance").glob("*.yaml"))
+                raise ConfigError(f"lab.runs[{i}].guidance={name!r}: one of {', '.join(options)}")
+            defaults = OmegaConf.to_container(
+                OmegaConf.load(conf_dir() / "guidance" / f"{name}.yaml")
+            )
+            spec = {**defaults, **{k: v for k, v in run.items() if k != "guidance"}}
+            try:
+                build_strategy(name, **spec.get("params", {}))
+                build_schedule(spec["schedule"], spec["scale"], **spec.get("schedule_params", {}))
+            except (ValueError, TypeError, KeyError) as err:
+                raise ConfigError(f"lab.runs[{i}]: {err}") from None
 
 
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
@@ -337,6 +421,7 @@ SCHEMAS: dict[str, type] = {
     "guidance": GuidanceConfig,
     "sampling": SamplingConfig,
     "metrics": MetricsConfig,
+    "lab": LabConfig,
 }
 
 

@@ -66,7 +66,7 @@ def module_for(strategy: str, scale: float = 2.0, **kwargs) -> SamplingModule:
     return SamplingModule(
         tiny_denoiser().ema,
         chain,
-        image_shape=(1, 8, 8),
+        sample_shape=(1, 8, 8),
         class_cond=True,
         guidance=guidance,
         progress=False,

@@ -10,6 +10,7 @@ classifier, or x0-mode gradients back-propagated through the denoiser).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from typing import Literal
 
 import torch
@@ -110,6 +111,9 @@ class ClassifierGuidance:
         self.record_diagnostics = record_diagnostics
         self.diagnostics = GuidanceDiagnostics()
         self.labels: Tensor | None = None
+        # Autocast dtype for the classifier's forward/backward on CUDA (set by SamplingModule
+        # from sampling.precision); the strategy's objective is always computed in float32.
+        self.amp_dtype: torch.dtype | None = None
         self.name: str = strategy.name
         self.batch_dependent: bool = strategy.batch_dependent
         self.space: Literal["x_t", "x0"] = (
@@ -149,7 +153,9 @@ class ClassifierGuidance:
         with torch.inference_mode(False), torch.enable_grad():
             labels = self._target(x_t)
             t = _usable(t_model).to(x_t.device)
-            x, logits = self._logits(x_t, pred_x0, t)
+            with self._autocast(x_t.device):
+                x, logits = self._logits(x_t, pred_x0, t)
+            logits = logits.float()
             objective = self.strategy.objective(logits, labels, t, self.num_timesteps)
             (grad,) = torch.autograd.grad(objective.sum(), x)
         grad = grad.detach().to(x_t.dtype)
@@ -158,6 +164,11 @@ class ClassifierGuidance:
         if self.record_diagnostics:
             self._record(t, grad, logits.detach(), labels, scale)
         return scale * grad
+
+    def _autocast(self, device: torch.device):
+        if self.amp_dtype is None or device.type != "cuda":
+            return nullcontext()
+        return torch.autocast("cuda", dtype=self.amp_dtype)
 
     def _record(self, t: Tensor, grad: Tensor, logits: Tensor, labels: Tensor, scale: Tensor):
         norms = grad.flatten(1).float().norm(dim=1)

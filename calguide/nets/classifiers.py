@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from calguide.io import atomic_torch_save
 from calguide.nets.checkpoint import extract_state_dict, load_weights, read_weights_file
 from calguide.nets.factory import create_adm_classifier
+from calguide.nets.mlp import NoisyMLP
 from calguide.nets.resnet import (
     resnet18,
     resnet34,
@@ -41,8 +42,9 @@ ARCHITECTURES = {
     "resnet101": resnet101,
     "resnet152": resnet152,
     "adm_classifier": create_adm_classifier,
+    "noisy_mlp": NoisyMLP,
 }
-NOISE_AWARE = {"adm_classifier"}
+NOISE_AWARE = {"adm_classifier", "noisy_mlp"}
 
 
 def prepare_input(

@@ -30,14 +30,16 @@ from calguide.sampling.writer import ShardWriter, merge_shards, save_npz, writte
 
 # Config sections whose values change the samples (batch size only for batch-level strategies).
 IDENTITY_SECTIONS = ("data", "denoiser", "diffusion", "classifier", "guidance")
-IDENTITY_SAMPLING_KEYS = ("num_samples", "labels", "fixed_class", "precision")
+IDENTITY_SAMPLING_KEYS = ("num_samples", "labels", "fixed_class", "precision", "noise")
 
 
 def run_identity(cfg: DictConfig, batch_dependent: bool) -> str:
     """A short hash of everything that determines the samples: the output folder's suffix, so
     a rerun of the same command resumes and any change of a knob starts a fresh folder."""
     ident = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in IDENTITY_SECTIONS}
-    ident["sampling"] = {k: cfg.sampling[k] for k in IDENTITY_SAMPLING_KEYS}
+    ident["sampling"] = {k: cfg.sampling.get(k) for k in IDENTITY_SAMPLING_KEYS}
+    if ident["sampling"]["noise"] in (None, "per_sample"):  # the default keeps older hashes
+        del ident["sampling"]["noise"]
     ident["seed"] = int(cfg.seed)
     if batch_dependent:
         ident["batch_size"] = int(cfg.sampling.batch_size)
@@ -70,7 +72,7 @@ def guidance_from(cfg: DictConfig, denoise_fn) -> Any:
     spec = cfg.guidance
     strategy = build_strategy(spec.name, **OmegaConf.to_container(spec.params, resolve=True))
     if not strategy.is_active:
-        return None
+        return None, {}
     clf_spec = cfg.classifier
     classifier, meta = load_classifier(
         clf_spec.checkpoint,
@@ -91,9 +93,18 @@ def guidance_from(cfg: DictConfig, denoise_fn) -> Any:
     schedule = build_schedule(
         spec.schedule, spec.scale, **OmegaConf.to_container(spec.schedule_params, resolve=True)
     )
-    return make_guidance(
+    hook = make_guidance(
         wrapped, strategy, schedule, int(cfg.diffusion.steps), denoise_fn=denoise_fn
     )
+    return hook, meta
+
+
+def classifier_smece(meta: dict[str, Any]) -> float | None:
+    """The guidance classifier's held-out smECE (mean over its noisy buckets) as recorded at
+    export by ``calguide-calibrate``; None for published weights, which carry no record."""
+    buckets = (meta.get("meta") or {}).get("metrics") or {}
+    values = [float(v["smece"]) for k, v in buckets.items() if k != "clean" and "smece" in v]
+    return sum(values) / len(values) if values else None
 
 
 def run_sampling(cfg: DictConfig) -> dict[str, Any]:
@@ -119,7 +130,7 @@ def run_sampling(cfg: DictConfig) -> dict[str, Any]:
         eps, _ = base.split_output(out, x_t)
         return base.predict_x0_from_eps(x_t, t_model, eps)
 
-    guidance = guidance_from(cfg, denoise_fn)
+    guidance, clf_meta = guidance_from(cfg, denoise_fn)
     batch_dependent = bool(getattr(guidance, "batch_dependent", False))
     out_dir = output_dir(cfg, batch_dependent)
     shard_dir = out_dir / "shards"
@@ -131,7 +142,7 @@ def run_sampling(cfg: DictConfig) -> dict[str, Any]:
     )
 
     num_classes = int(flags.get("num_classes") or cfg.data.num_classes)
-    image_shape = (
+    sample_shape = (
         int(flags.get("in_channels", 3)),
         int(flags["image_size"]),
         int(flags["image_size"]),
@@ -139,7 +150,7 @@ def run_sampling(cfg: DictConfig) -> dict[str, Any]:
     module = SamplingModule(
         denoiser,
         chain,
-        image_shape=image_shape,
+        sample_shape=sample_shape,
         class_cond=class_cond,
         guidance=guidance,
         sampler=cfg.diffusion.sampler,
@@ -150,6 +161,9 @@ def run_sampling(cfg: DictConfig) -> dict[str, Any]:
         snapshot_timesteps=tuple(cfg.sampling.snapshot_timesteps),
         snapshot_count=int(cfg.sampling.snapshot_count),
         progress=bool(cfg.sampling.progress),
+        noise=str(cfg.sampling.noise),
+        channels_last=bool(cfg.sampling.channels_last),
+        compile=bool(cfg.sampling.compile),
     )
     datamodule = LabelDataModule(
         cfg.sampling.num_samples,
@@ -178,7 +192,16 @@ def run_sampling(cfg: DictConfig) -> dict[str, Any]:
     trainer.strategy.barrier()
     if not trainer.is_global_zero:
         return {}
-    return finish(cfg, trainer, out_dir, writer, num_classes, metrics, resumed=bool(already))
+    return finish(
+        cfg,
+        trainer,
+        out_dir,
+        writer,
+        num_classes,
+        metrics,
+        resumed=bool(already),
+        classifier_meta=clf_meta,
+    )
 
 
 def finish(
@@ -190,6 +213,7 @@ def finish(
     metrics: GenerativeMetrics | None,
     *,
     resumed: bool,
+    classifier_meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     merged = merge_shards(out_dir / "shards", int(cfg.sampling.num_samples))
     npz = save_npz(out_dir / "samples.npz", arr_0=merged["images"], arr_1=merged["labels"])
@@ -210,6 +234,11 @@ def finish(
         "temperature": float(cfg.guidance.temperature),
         "seed": int(cfg.seed),
         "out_dir": str(out_dir),
+        "classifier_smece": classifier_smece(classifier_meta or {}),
+        # The resolved job config, so a multirun folder can be aggregated from these files alone.
+        "config": OmegaConf.to_container(
+            OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True
+        ),
     }
     if metrics is not None:
         if resumed:

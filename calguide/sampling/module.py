@@ -1,7 +1,12 @@
 """SamplingModule: a denoiser, a diffusion chain and an optional guidance hook, as predict_step.
 
 The module knows nothing of strategies (the hook does) nor of files (the writer does): one
-batch of (global index, label) in, uint8 images and per-timestep diagnostics out.
+batch of (global index, label) in, uint8 images (or raw float samples for non-image data such
+as the mixture lab) and per-timestep diagnostics out.
+
+Fast paths are switches (``sampling.*`` in the config), each off by default: autocast of the
+denoiser and classifier (bf16/fp16, CUDA only), channels_last memory format, and
+``torch.compile`` of the denoiser.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ from torch import Tensor, nn
 from calguide.diffusion import GaussianDiffusion, StepOutput, sample_loop
 from calguide.guidance.hook import ClassifierGuidance
 from calguide.sampling.grid import to_uint8
-from calguide.sampling.noise import PerSampleNoise
+from calguide.sampling.noise import BatchNoise, PerSampleNoise
 
 PRECISIONS = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+NOISE_MODES = ("per_sample", "batch")
 
 
 class SamplingModule(L.LightningModule):
@@ -27,7 +33,7 @@ class SamplingModule(L.LightningModule):
         denoiser: nn.Module,
         diffusion: GaussianDiffusion,
         *,
-        image_shape: tuple[int, int, int],
+        sample_shape: tuple[int, ...],
         class_cond: bool,
         guidance: ClassifierGuidance | None = None,
         sampler: str = "ddpm",
@@ -38,15 +44,36 @@ class SamplingModule(L.LightningModule):
         snapshot_timesteps: tuple[int, ...] = (),
         snapshot_count: int = 0,
         progress: bool = True,
+        as_images: bool = True,
+        noise: str = "per_sample",
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"sampling.precision={precision!r}: must be one of {list(PRECISIONS)}")
+        if noise not in NOISE_MODES:
+            raise ValueError(f"sampling.noise={noise!r}: must be one of {list(NOISE_MODES)}")
+        if as_images and len(sample_shape) != 3:
+            raise ValueError(f"image samples need a (C, H, W) shape, got {tuple(sample_shape)}")
+        if channels_last and len(sample_shape) != 3:
+            raise ValueError("sampling.channels_last=true needs image samples (C, H, W)")
         self.denoiser = denoiser.eval().requires_grad_(False)
         self.guidance_classifier = guidance.classifier if guidance is not None else None
         self.diffusion = diffusion
         self.guidance = guidance
-        self.image_shape = tuple(int(s) for s in image_shape)
+        self.sample_shape = tuple(int(s) for s in sample_shape)
+        self.as_images = as_images
+        self.noise = noise
+        self.channels_last = channels_last
+        if channels_last:
+            self.denoiser.to(memory_format=torch.channels_last)
+            if self.guidance_classifier is not None:
+                self.guidance_classifier.to(memory_format=torch.channels_last)
+        # Compiled lazily on the first call; kept out of the module tree (same weights).
+        self._forward = [torch.compile(self.denoiser) if compile else self.denoiser]
+        if guidance is not None and hasattr(guidance, "amp_dtype"):
+            guidance.amp_dtype = PRECISIONS[precision]
         self.class_cond = class_cond
         self.sampler = sampler
         self.eta = eta
@@ -66,15 +93,19 @@ class SamplingModule(L.LightningModule):
     def model_fn(self, labels: Tensor):
         cond = labels if self.class_cond else None
 
+        forward = self._forward[0]
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+
         def call(x: Tensor, t: Tensor) -> Tensor:
             with self.autocast():
-                return self.denoiser(x, t, cond).float()
+                return forward(x.contiguous(memory_format=memory_format), t, cond).float()
 
         return call
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> dict[str, Any]:
         indices, labels = batch["indices"], batch["labels"].to(self.device)
-        noise = PerSampleNoise(self.seed, indices.tolist(), self.image_shape, self.device)
+        noise_cls = PerSampleNoise if self.noise == "per_sample" else BatchNoise
+        noise = noise_cls(self.seed, indices.tolist(), self.sample_shape, self.device)
         x_T = noise.draw()
         if self.guidance is not None:
             self.guidance.bind(labels)
@@ -107,7 +138,9 @@ class SamplingModule(L.LightningModule):
         return {
             "indices": indices.cpu(),
             "labels": labels.cpu(),
-            "images": to_uint8(images).cpu(),
+            ("images" if self.as_images else "samples"): (
+                to_uint8(images) if self.as_images else images.float()
+            ).cpu(),
             "diagnostics": diagnostics,
             "snapshots": snapshots,
             "snapshot_indices": indices[keep].cpu(),

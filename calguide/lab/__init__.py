@@ -1,0 +1,1 @@
+"""The Gaussian-mixture lab: guidance measured against exact scores, posteriors and targets."""

@@ -17,7 +17,7 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: help
 help: ## list targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  %-22s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  %-40s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,10 @@ CLF_CLEAN := $(CLF_DIR)/digits_resnet-clean-ce-s0.pt
 CLF_SMECE := $(CLF_DIR)/digits_resnet-x0-smece-s0.pt
 CLF_CE := $(CLF_DIR)/digits_resnet-x0-ce-s0.pt
 CLF_EVAL := $(CLF_DIR)/digits_eval-clean-ce-s1.pt
+CLF_NOISY := $(CLF_DIR)/digits_noisy-noisy-ce-s0.pt
+CLF_NOISY_SMECE := $(CLF_DIR)/digits_noisy-noisy-smece-s0.pt
+DENOISER_UNCOND := $(A)/digits/unet_tiny_uncond/denoiser.pt
+TABLES := $(abspath logs)/tables
 COMMON := paths.artifacts=$(A) paths.log_dir=$(abspath logs)
 STRATEGIES ?= none,vanilla,forward_kl,reverse_kl,js,hellinger
 SCALE ?= 2.0
@@ -65,6 +69,16 @@ train-denoiser: $(STAMP) ## train (or resume / reuse) the tiny class-conditional
 
 $(DENOISER): | $(STAMP)
 	$(MAKE) --no-print-directory train-denoiser
+
+$(DENOISER_UNCOND): | $(STAMP)
+	$(BIN)/calguide-train $(COMMON) denoiser=unet_tiny_uncond
+
+$(CLF_NOISY): | $(STAMP)
+	$(BIN)/calguide-calibrate $(COMMON) classifier=digits_noisy inputs.mode=noisy calibration=ce \
+		init=null trainer.max_steps=600 optim.lr=2e-3
+
+$(CLF_NOISY_SMECE): $(CLF_NOISY)
+	$(BIN)/calguide-calibrate $(COMMON) classifier=digits_noisy inputs.mode=noisy calibration=smece
 
 $(CLF_CLEAN): | $(STAMP)
 	$(BIN)/calguide-calibrate $(COMMON) calibration=ce inputs.mode=clean init=null \
@@ -96,9 +110,54 @@ sample: calibrate $(CLF_EVAL) ## guided digits samples per strategy (smECE-calib
 
 .PHONY: run
 run: sample ## the embedded default end to end: denoiser, classifiers, calibration, guided samples
+	@echo; echo "Guided digits samples, smECE-calibrated classifier, scale $(SCALE) (domain metrics):"
+	@$(BIN)/python experiments/aggregate.py $(RUNLOGS)/sample --out $(RUNLOGS) \
+		--rows guidance.name,guidance.scale --title "make run: digits, scale $(SCALE)"
 	@echo; echo "denoiser grid : $(A)/digits/unet_tiny/samples.png"
 	@echo "sample grids  :"; ls $(A)/digits/samples/*/grid.png | sed 's/^/  /'
 	@echo "diagnostics   : $(RUNLOGS)/diagnostics.png"
+
+# ---------------------------------------------------------------------------- tables
+# make reproduce-table-<name>: run a conf/experiment/<name> sweep into logs/tables/<name>/ and
+# aggregate it (table.md, table.csv, runs.csv, plots). Finished samples are reused from
+# artifacts/, so a rerun only recomputes what changed.
+define run_table
+	@$(BIN)/python experiments/preflight.py $(1) $(COMMON)
+	rm -rf $(TABLES)/$(1)
+	$(BIN)/calguide-sample --multirun $(COMMON) experiment=$(1) $(TABLE_ARGS)
+	$(BIN)/python experiments/aggregate.py $(TABLES)/$(1)
+endef
+
+.PHONY: reproduce-table-digits-baselines
+reproduce-table-digits-baselines: $(DENOISER) $(DENOISER_UNCOND) $(CLF_NOISY) $(CLF_CLEAN) $(CLF_EVAL) ## digits: unguided / ADM-G / EluCD, 3 seeds, cond + uncond
+	$(call run_table,digits_baselines)
+
+.PHONY: reproduce-table-digits-calibration
+reproduce-table-digits-calibration: $(DENOISER) $(DENOISER_UNCOND) $(CLF_NOISY_SMECE) $(CLF_EVAL) ## digits: ADM-G before vs after smECE
+	$(call run_table,digits_calibration)
+
+.PHONY: reproduce-table-digits-strategies
+reproduce-table-digits-strategies: $(DENOISER) $(DENOISER_UNCOND) $(CLF_SMECE) $(CLF_EVAL) ## digits: every strategy, 3 seeds, cond + uncond
+	$(call run_table,digits_strategies)
+
+.PHONY: reproduce-table-digits-scale-sweep
+reproduce-table-digits-scale-sweep: $(DENOISER) $(CLF_SMECE) $(CLF_EVAL) ## digits: divergence × scale, 3 seeds
+	$(call run_table,digits_scale_sweep)
+
+.PHONY: sweep
+sweep: reproduce-table-digits-scale-sweep ## the divergence × guidance-scale sweep on digits (+ FID-vs-scale plot)
+
+# ImageNet 128: preflight lists every missing official file and stops (exit 2) before any run.
+.PHONY: reproduce-table-imagenet128-baselines reproduce-table-imagenet128-calibration \
+	reproduce-table-imagenet128-strategies reproduce-table-imagenet128-scale-sweep
+reproduce-table-imagenet128-baselines: $(STAMP) ## ImageNet 128: ADM / ADM-G / EluCD (official files)
+	$(call run_table,imagenet128_baselines)
+reproduce-table-imagenet128-calibration: $(STAMP) ## ImageNet 128: ADM-G before vs after smECE
+	$(call run_table,imagenet128_calibration)
+reproduce-table-imagenet128-strategies: $(STAMP) ## ImageNet 128: strategies × ResNet-50/101
+	$(call run_table,imagenet128_strategies)
+reproduce-table-imagenet128-scale-sweep: $(STAMP) ## ImageNet 128: divergence × scale, ResNet-101
+	$(call run_table,imagenet128_scale_sweep)
 
 .PHONY: clean
 clean: ## remove run logs (keeps trained artifacts and the venv)

@@ -556,7 +556,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("dirs", nargs="+", type=Path, help="multirun / run folders to search")
     parser.add_argument("--out", type=Path, help="output folder (default: the first folder)")
-    parser.add_argument("--rows", default=",".join(DEFAULT_ROWS), help="comma-separated keys")
+    parser.add_argument(
+        "--rows",
+        default=None,
+        help="comma-separated keys (default: the runs' experiment.rows, else "
+        + ",".join(DEFAULT_ROWS)
+        + ")",
+    )
     parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help="comma-separated")
     parser.add_argument("--table", help="published-numbers table (default: experiment.table)")
     parser.add_argument(
@@ -570,12 +576,22 @@ def _warn(text: str) -> None:
     print(f"aggregate: warning: {text}", file=sys.stderr)
 
 
+def _recorded_rows(records: list[dict]) -> str | None:
+    """The row keys a table's experiment config names (``experiment.rows``), if any."""
+    for record in records:
+        rows = record.get("experiment.rows")
+        if rows:
+            return ",".join(rows) if isinstance(rows, list | tuple) else str(rows)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    rows, metrics = _split(args.rows), _split(args.metrics)
+    metrics = _split(args.metrics)
     out = args.out or args.dirs[0]
     try:
         records = collect_runs(args.dirs)
+        rows = _split(args.rows or _recorded_rows(records) or ",".join(DEFAULT_ROWS))
         skipped = unfinished_runs(args.dirs)
         summary = summarize(records, rows, metrics)
         table = args.table

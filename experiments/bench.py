@@ -1,18 +1,24 @@
 """Guided-sampling cost: what one reverse step costs per strategy, against the floor.
 
     python experiments/bench.py --pair digits --batch 50
-    python experiments/bench.py --pair adm128 --batch 2 --repeats 5      # random ADM-128 + R101
+    python experiments/bench.py --pair adm128 --batch 2 --repeats 3 --strategies vanilla,js
+    python experiments/bench.py --pair adm128 --batch 64 --fast-paths     # on a GPU
 
 Times (median of repeated runs after warm-up, one process): the denoiser forward alone, the
-classifier forward+backward alone, one unguided DDPM step and one guided step per strategy.
-Reports images/s, guided/unguided and strategy/vanilla ratios, and the floor ratio
-(denoiser fwd + classifier fwd+bwd) / denoiser fwd. Writes JSON and markdown with the machine.
+classifier forward+backward alone, one unguided DDPM step and one guided step per strategy,
+each through SamplingModule's own call path. Reports images/s, guided/unguided and
+strategy/vanilla ratios, and the floor ratio (denoiser fwd + classifier fwd+bwd) / denoiser fwd.
+``--fast-paths`` also times a vanilla guided step under each sampling switch (channels_last,
+torch.compile, and bf16/fp16 autocast on CUDA) and their best combination against fp32 eager,
+with the largest deviation of the step's output from fp32. The metrics line compares the
+feature extraction of one batch with sampling it. Writes JSON and markdown with the machine.
 Weights are random: the cost of a step does not depend on their values.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -30,6 +36,7 @@ from calguide.diffusion import GaussianDiffusion, ddpm_step
 from calguide.guidance import GuidanceClassifier, build_schedule, build_strategy, make_guidance
 from calguide.nets import create_unet
 from calguide.nets.classifiers import build_classifier
+from calguide.sampling.module import SamplingModule
 
 STRATEGIES = (
     "vanilla",
@@ -70,6 +77,27 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int, device: tor
     return statistics.median(times)
 
 
+def interleaved_medians(
+    fns: dict[str, Callable[[], object]], repeats: int, warmup: int, device: torch.device
+) -> dict[str, float]:
+    """Median time of each function, timed round-robin so that machine drift (other load,
+    clock changes) hits every entry alike instead of whichever ran first."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def machine(device: torch.device) -> str:
     cpu = platform.processor() or platform.machine()
     text = f"{platform.system()} {cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
@@ -79,67 +107,136 @@ def machine(device: torch.device) -> str:
     return text
 
 
-def bench(pair: str, batch: int, repeats: int, warmup: int, device: torch.device) -> dict:
-    flags, clf = pair_spec(pair)
-    torch.manual_seed(0)
-    unet = create_unet(**flags).to(device).eval().requires_grad_(False)
-    classifier = (
-        build_classifier(
-            clf.arch,
-            OmegaConf.to_container(clf.params, resolve=True),
-            normalize=clf.normalize,
-            input_size=clf.input_size,
+FAST_PATHS_CPU = {
+    "fp32 eager": {},
+    "channels_last": {"channels_last": True},
+    "compile": {"compile": True},
+    "channels_last + compile": {"channels_last": True, "compile": True},
+}
+FAST_PATHS_CUDA = {
+    **FAST_PATHS_CPU,
+    "bf16": {"precision": "bf16"},
+    "fp16": {"precision": "fp16"},
+    "bf16 + channels_last": {"precision": "bf16", "channels_last": True},
+    "bf16 + channels_last + compile": {"precision": "bf16", "channels_last": True, "compile": True},
+}
+
+
+class Pair:
+    """Random-weight denoiser + guidance classifier of a pair, and one batch mid-chain."""
+
+    def __init__(self, pair: str, batch: int, device: torch.device) -> None:
+        flags, clf = pair_spec(pair)
+        if device.type != "cuda":
+            flags["use_fp16"] = False  # ADM's fp16 blocks are for GPUs; half convs crawl on CPU
+        torch.manual_seed(0)
+        self.flags = flags
+        self.unet = create_unet(**flags).to(device).eval().requires_grad_(False)
+        self.classifier = (
+            build_classifier(
+                clf.arch,
+                OmegaConf.to_container(clf.params, resolve=True),
+                normalize=clf.normalize,
+                input_size=clf.input_size,
+            )
+            .to(device)
+            .eval()
         )
-        .to(device)
-        .eval()
-    )
-    size, channels = flags["image_size"], flags.get("in_channels", 3)
-    chain = GaussianDiffusion.from_config(learn_sigma=True, respacing="250")
-    x = torch.randn(batch, channels, size, size, device=device)
-    labels = torch.randint(0, flags["num_classes"], (batch,), device=device)
-    i = chain.num_timesteps // 2
-    t = torch.full((batch,), i, device=device, dtype=torch.long)
-    t_model = chain.model_timesteps(t)
-    noise = torch.randn_like(x)
+        size, channels = flags["image_size"], flags.get("in_channels", 3)
+        self.shape = (channels, size, size)
+        self.chain = GaussianDiffusion.from_config(learn_sigma=True, respacing="250")
+        self.x = torch.randn(batch, *self.shape, device=device)
+        self.labels = torch.randint(0, flags["num_classes"], (batch,), device=device)
+        i = self.chain.num_timesteps // 2
+        self.t = torch.full((batch,), i, device=device, dtype=torch.long)
+        self.t_model = self.chain.model_timesteps(self.t)
+        self.noise = torch.randn_like(self.x)
+        self.device = device
 
-    def denoiser_fwd():
-        with torch.no_grad():
-            return unet(x, t_model, labels)
+    def guidance(self, strategy: str | None, classifier: torch.nn.Module):
+        if strategy is None:
+            return None
+        wrapped = GuidanceClassifier(classifier, input_mode="x0")
+        hook = make_guidance(
+            wrapped, build_strategy(strategy), build_schedule("constant", 1.0), 1000
+        )
+        return hook.bind(self.labels)
 
-    def classifier_fwd_bwd():
-        inp = x.detach().requires_grad_(True)
-        logits = classifier(inp)
-        (g,) = torch.autograd.grad(logits.log_softmax(1)[:, 0].sum(), inp)
-        return g
+    def step(
+        self, strategy: str | None, *, fresh_nets: bool = False, **switches
+    ) -> Callable[[], torch.Tensor]:
+        """One DDPM step through SamplingModule's call path with the given sampling switches
+        (``fresh_nets``: on copies of the nets, which switches may convert in place)."""
+        unet, classifier = self.unet, self.classifier
+        if fresh_nets:
+            unet, classifier = copy.deepcopy(unet), copy.deepcopy(classifier)
+        guidance = self.guidance(strategy, classifier)
+        module = SamplingModule(
+            unet,
+            self.chain,
+            sample_shape=self.shape,
+            class_cond=bool(self.flags.get("class_cond")),
+            guidance=guidance,
+            progress=False,
+            **switches,
+        ).to(self.device)
+        call = module.model_fn(self.labels)
+        x = self.x.contiguous(
+            memory_format=torch.channels_last
+            if switches.get("channels_last")
+            else torch.contiguous_format
+        )
 
-    def step_with(guidance):
-        def run():
-            out = denoiser_fwd()
-            return ddpm_step(chain, out, x, t, noise, guidance=guidance).sample
+        def run() -> torch.Tensor:
+            out = call(x, self.t_model)
+            result = ddpm_step(self.chain, out, x, self.t, self.noise, guidance=guidance).sample
+            if guidance is not None:
+                guidance.diagnostics.clear()
+            return result
 
         return run
 
+
+def bench(
+    pair: str,
+    batch: int,
+    repeats: int,
+    warmup: int,
+    device: torch.device,
+    strategies: tuple[str, ...] = STRATEGIES,
+    fast_paths: bool = False,
+) -> dict:
+    p = Pair(pair, batch, device)
+
+    def denoiser_fwd():
+        with torch.no_grad():
+            return p.unet(p.x, p.t_model, p.labels)
+
+    def classifier_fwd_bwd():
+        inp = p.x.detach().requires_grad_(True)
+        logits = p.classifier(inp)
+        (g,) = torch.autograd.grad(logits.log_softmax(1)[:, 0].sum(), inp)
+        return g
+
+    timed = interleaved_medians(
+        {
+            "denoiser_fwd_s": denoiser_fwd,
+            "classifier_fwd_bwd_s": classifier_fwd_bwd,
+            "unguided_step_s": p.step(None),
+            **{f"strategy:{name}": p.step(name) for name in strategies},
+        },
+        repeats,
+        warmup,
+        device,
+    )
     results = {
         "pair": pair,
         "batch": batch,
         "device": str(device),
         "machine": machine(device),
-        "denoiser_fwd_s": median_time(denoiser_fwd, repeats, warmup, device),
-        "classifier_fwd_bwd_s": median_time(classifier_fwd_bwd, repeats, warmup, device),
-        "unguided_step_s": median_time(step_with(None), repeats, warmup, device),
-        "strategies": {},
+        **{k: v for k, v in timed.items() if not k.startswith("strategy:")},
+        "strategies": {name: timed[f"strategy:{name}"] for name in strategies},
     }
-    wrapped = GuidanceClassifier(classifier, input_mode="x0")
-    for name in STRATEGIES:
-        hook = make_guidance(
-            wrapped,
-            build_strategy(name),
-            build_schedule("constant", 1.0),
-            1000,
-            record_diagnostics=True,
-        ).bind(labels)
-        results["strategies"][name] = median_time(step_with(hook), repeats, warmup, device)
-        hook.diagnostics.clear()
     floor = (results["denoiser_fwd_s"] + results["classifier_fwd_bwd_s"]) / results[
         "denoiser_fwd_s"
     ]
@@ -147,10 +244,61 @@ def bench(pair: str, batch: int, repeats: int, warmup: int, device: torch.device
     results["guided_over_unguided"] = {
         k: v / results["unguided_step_s"] for k, v in results["strategies"].items()
     }
-    results["strategy_over_vanilla"] = {
-        k: v / results["strategies"]["vanilla"] for k, v in results["strategies"].items()
-    }
+    if "vanilla" in results["strategies"]:
+        results["strategy_over_vanilla"] = {
+            k: v / results["strategies"]["vanilla"] for k, v in results["strategies"].items()
+        }
+    results["metrics"] = metrics_overhead(p, repeats, warmup)
+    if fast_paths:
+        results["fast_paths"] = bench_fast_paths(p, repeats, warmup)
     return results
+
+
+def bench_fast_paths(p: Pair, repeats: int, warmup: int) -> dict:
+    """Vanilla guided step under each switch combination, against fp32 eager."""
+    variants = FAST_PATHS_CUDA if p.device.type == "cuda" else FAST_PATHS_CPU
+    reference = p.step("vanilla")()
+    out: dict[str, dict] = {}
+    runs: dict[str, Callable[[], torch.Tensor]] = {}
+    for label, switches in variants.items():
+        # Own copies of the nets: channels_last converts them in place.
+        runs[label] = p.step("vanilla", fresh_nets=True, **switches)
+        started = time.perf_counter()
+        first = runs[label]()  # pays compilation when compile=True
+        if p.device.type == "cuda":
+            torch.cuda.synchronize()
+        out[label] = {
+            "first_call_s": time.perf_counter() - started,
+            "max_abs_diff_vs_fp32": float((first.float() - reference.float()).abs().max()),
+        }
+    # Blocks (A B C D A B C D), not round-robin: compiled and eager code use different thread
+    # pools, whose idle spinning would slow whichever runs right after the other.
+    times: dict[str, list[float]] = {label: [] for label in runs}
+    for _ in range(2):
+        for label, run in runs.items():
+            times[label].append(median_time(run, max(1, repeats // 2), warmup, p.device))
+    for label, values in times.items():
+        out[label]["step_s"] = statistics.median(values)
+        out[label]["images_steps_per_s"] = p.x.shape[0] / out[label]["step_s"]
+    base = out["fp32 eager"]["step_s"]
+    for entry in out.values():
+        entry["speedup"] = base / entry["step_s"]
+    return out
+
+
+def metrics_overhead(p: Pair, repeats: int, warmup: int) -> dict:
+    """Feature extraction of one batch (the metrics callback's work per predict batch) vs
+    sampling that batch (respaced steps × one vanilla guided step)."""
+    from calguide.metrics.features import ClassifierFeatureExtractor
+
+    extractor = ClassifierFeatureExtractor(
+        p.classifier.net, name="bench", preprocess=p.classifier.prepare, batch_size=256
+    )
+    images = torch.randint(0, 256, (p.x.shape[0], *p.shape[1:], p.shape[0]), dtype=torch.uint8)
+    extract_s = median_time(lambda: extractor(images.to(p.device)), repeats, warmup, p.device)
+    step_s = median_time(p.step("vanilla"), repeats, warmup, p.device)
+    sample_s = step_s * p.chain.num_timesteps
+    return {"extract_batch_s": extract_s, "sample_batch_s": sample_s, "ratio": extract_s / sample_s}
 
 
 def markdown(results: dict) -> str:
@@ -167,11 +315,31 @@ def markdown(results: dict) -> str:
         "| strategy | step (ms) | images·steps/s | guided / unguided | / vanilla |",
         "| --- | --- | --- | --- | --- |",
     ]
+    over_vanilla = r.get("strategy_over_vanilla", {})
     for name, seconds in r["strategies"].items():
+        rel = f"{over_vanilla[name]:.3f}" if name in over_vanilla else "–"
         lines.append(
             f"| {name} | {seconds * 1e3:.1f} | {r['batch'] / seconds:.1f} | "
-            f"{r['guided_over_unguided'][name]:.3f} | {r['strategy_over_vanilla'][name]:.3f} |"
+            f"{r['guided_over_unguided'][name]:.3f} | {rel} |"
         )
+    m = r["metrics"]
+    lines += [
+        "",
+        f"- metrics: extracting features of one batch takes {m['extract_batch_s'] * 1e3:.1f} ms, "
+        f"{m['ratio'] * 100:.2f}% of sampling it ({m['sample_batch_s']:.1f} s for 250 steps)",
+    ]
+    if "fast_paths" in r:
+        lines += [
+            "",
+            "| fast path (vanilla guided step) | step (ms) | images·steps/s | speedup | "
+            "first call (s) | max |Δ| vs fp32 |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for label, e in r["fast_paths"].items():
+            lines.append(
+                f"| {label} | {e['step_s'] * 1e3:.1f} | {e['images_steps_per_s']:.1f} | "
+                f"{e['speedup']:.2f}× | {e['first_call_s']:.1f} | {e['max_abs_diff_vs_fp32']:.1e} |"
+            )
     return "\n".join(lines)
 
 
@@ -183,8 +351,18 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=Path("bench"))
+    parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated")
+    parser.add_argument("--fast-paths", action="store_true", help="also time the fast paths")
     args = parser.parse_args()
-    results = bench(args.pair, args.batch, args.repeats, args.warmup, torch.device(args.device))
+    results = bench(
+        args.pair,
+        args.batch,
+        args.repeats,
+        args.warmup,
+        torch.device(args.device),
+        strategies=tuple(s for s in args.strategies.split(",") if s),
+        fast_paths=args.fast_paths,
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"bench_{args.pair}_b{args.batch}_{args.device}"
     stem.with_suffix(".json").write_text(json.dumps(results, indent=2))

@@ -336,3 +336,88 @@ def test_eval_entry_matches_the_sampling_metrics(compose_config, artifacts, tmp_
     results = eval_main.task(cfg)
     for key in ("fid", "precision", "recall", "class_acc"):
         assert results[key] == pytest.approx(streamed[key], rel=1e-4, abs=1e-6)
+
+
+# --------------------------------------------------------------------------- fast paths
+
+
+class CountingDenoiser(torch.nn.Module):
+    """Wraps a denoiser; records whether each forward ran with gradients enabled."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.calls: list[bool] = []
+
+    def forward(self, x, t, y=None):
+        self.calls.append(torch.is_grad_enabled())
+        return self.net(x, t, y)
+
+
+def test_x0_guidance_reuses_the_step_forward_without_gradients():
+    """x0-mode guidance takes x̂₀ from the step's own denoiser forward: one forward per step,
+    under no_grad (no graph through the denoiser)."""
+    module = module_for("vanilla")
+    counting = CountingDenoiser(module.denoiser)
+    module.denoiser = counting
+    module._forward = [counting]
+    run_batches(module, torch.arange(4) % 10, 4)
+    assert len(counting.calls) == module.diffusion.num_timesteps
+    assert not any(counting.calls)
+
+
+def test_through_denoiser_adds_exactly_one_forward_with_gradients():
+    chain = GaussianDiffusion.from_config(steps=1000, learn_sigma=True, respacing="8")
+    counting = CountingDenoiser(tiny_denoiser().ema.requires_grad_(False))
+    base = GaussianDiffusion.from_config(steps=1000, learn_sigma=True)
+    labels = torch.arange(4) % 10
+
+    def denoise_fn(x_t, t_model):
+        eps, _ = base.split_output(counting(x_t, t_model, labels).float(), x_t)
+        return base.predict_x0_from_eps(x_t, t_model, eps)
+
+    guidance = make_guidance(
+        GuidanceClassifier(tiny_classifier(), input_mode="x0", through_denoiser=True),
+        build_strategy("vanilla"),
+        build_schedule("constant", 2.0),
+        1000,
+        denoise_fn=denoise_fn,
+    )
+    module = SamplingModule(
+        counting, chain, sample_shape=(1, 8, 8), class_cond=True, guidance=guidance, progress=False
+    )
+    run_batches(module, labels, 4)
+    steps = chain.num_timesteps
+    assert len(counting.calls) == 2 * steps and sum(counting.calls) == steps
+
+
+def test_channels_last_gives_the_same_samples():
+    labels = torch.arange(6) % 10
+    plain = run_batches(module_for("js"), labels, 6)
+    fast = run_batches(module_for("js", channels_last=True), labels, 6)
+    assert_images_match(plain, fast)
+
+
+@pytest.mark.slow
+def test_compiled_denoiser_gives_the_same_samples():
+    labels = torch.arange(4) % 10
+    plain = run_batches(module_for("vanilla"), labels, 4)
+    fast = run_batches(module_for("vanilla", compile=True), labels, 4)
+    assert_images_match(plain, fast)
+
+
+def test_precision_switch_reaches_the_classifier_and_refuses_typos():
+    module = module_for("vanilla", precision="bf16")
+    assert module.guidance.amp_dtype == torch.bfloat16
+    assert module_for("vanilla").guidance.amp_dtype is None
+    with pytest.raises(ValueError, match="sampling.precision"):
+        module_for("vanilla", precision="bf17")
+    with pytest.raises(ValueError, match="channels_last"):
+        SamplingModule(
+            tiny_denoiser().ema,
+            GaussianDiffusion.from_config(respacing="8"),
+            sample_shape=(2,),
+            class_cond=False,
+            as_images=False,
+            channels_last=True,
+        )

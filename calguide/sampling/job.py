@@ -26,6 +26,7 @@ from calguide.sampling.diagnostics import plot_diagnostics, save_snapshots, writ
 from calguide.sampling.grid import save_image_grid
 from calguide.sampling.labels import LabelDataModule
 from calguide.sampling.module import SamplingModule
+from calguide.sampling.requirements import check_required_files
 from calguide.sampling.writer import ShardWriter, merge_shards, save_npz, written_indices
 
 # Config sections whose values change the samples (batch size only for batch-level strategies).
@@ -108,6 +109,7 @@ def classifier_smece(meta: dict[str, Any]) -> float | None:
 
 
 def run_sampling(cfg: DictConfig) -> dict[str, Any]:
+    check_required_files(cfg)
     L.seed_everything(cfg.seed, workers=True)
     denoiser, meta = denoiser_from(cfg)
     flags = meta["flags"]
@@ -240,6 +242,9 @@ def finish(
             OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True
         ),
     }
+    if record["classifier_smece"] is not None:
+        for logger in trainer.loggers:
+            logger.log_metrics({"classifier_smece": record["classifier_smece"]})
     if metrics is not None:
         if resumed:
             metrics.results = evaluate_samples(

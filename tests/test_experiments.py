@@ -1,0 +1,170 @@
+"""Table recipes: every experiment and every sweep point composes, validates and names its files;
+ImageNet tables stop at once listing what is missing; W&B conventions."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from calguide.builders import run_group, run_tags
+from calguide.config import conf_dir, validate
+from calguide.sampling.requirements import check_required_files, required_files
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+preflight = importlib.import_module("experiments.preflight")
+
+EXPERIMENTS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
+IMAGENET = [e for e in EXPERIMENTS if e.startswith("imagenet128")]
+DIGITS = [e for e in EXPERIMENTS if e.startswith("digits")]
+
+
+def test_every_table_has_a_recipe_for_both_scales():
+    tables = ("baselines", "calibration", "strategies", "scale_sweep")
+    for table in tables:
+        assert f"digits_{table}" in EXPERIMENTS and f"imagenet128_{table}" in EXPERIMENTS
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_sweep_point_composes_and_validates(compose_config, experiment):
+    base = compose_config("sample", [f"experiment={experiment}"])
+    assert base.experiment.table == experiment
+    assert base.experiment.rows, "experiment.rows tells the aggregation what a row is"
+    jobs = preflight.sweep_combinations(base)
+    assert len(jobs) >= 2
+    if experiment in DIGITS:  # every value of every swept key at least once (not the product)
+        params = base.hydra.sweeper.params
+        values = {k: str(v).split(",") for k, v in params.items()}
+        width = max(len(v) for v in values.values())
+        jobs = [[f"{k}={v[i % len(v)]}" for k, v in values.items()] for i in range(width)]
+    for job in jobs:
+        cfg = compose_config("sample", [f"experiment={experiment}", *job])
+        validate(cfg)
+        job_keys = [k for k in cfg if k != "hydra"]
+        OmegaConf.to_container(OmegaConf.masked_copy(cfg, job_keys), resolve=True)
+        for key in str(cfg.experiment.rows).split(","):
+            assert OmegaConf.select(cfg, key) is not None or key == "experiment.row", key
+
+
+@pytest.mark.parametrize("experiment", IMAGENET)
+def test_imagenet_tables_follow_adm_protocol(compose_config, experiment):
+    cfg = compose_config("sample", [f"experiment={experiment}"])
+    assert cfg.denoiser.name == "adm128" and cfg.diffusion.respacing == "250"
+    assert cfg.sampling.num_samples == 50_000 and cfg.sampling.labels == "random"
+    assert cfg.metrics.kind == "inception"
+    assert cfg.metrics.reference.endswith("VIRTUAL_imagenet128_labeled.npz")
+
+
+def test_imagenet_rows_use_published_weights(compose_config):
+    adm_g = compose_config("sample", ["experiment=imagenet128_baselines", "row=adm_g128"])
+    assert adm_g.classifier.checkpoint.endswith("128x128_classifier.pt")
+    assert adm_g.guidance.name == "vanilla" and adm_g.guidance.scale == 0.5
+    assert adm_g.denoiser.checkpoint.endswith("128x128_diffusion.pt")
+    r101 = compose_config("sample", ["experiment=imagenet128_strategies", "classifier=resnet101"])
+    assert r101.classifier.checkpoint.endswith("resnet101-63fe2227.pth")
+
+
+def test_digits_tables_cover_both_denoisers_and_three_seeds(compose_config):
+    for experiment in ("digits_baselines", "digits_calibration", "digits_strategies"):
+        params = compose_config("sample", [f"experiment={experiment}"]).hydra.sweeper.params
+        assert params["denoiser"] == "unet_tiny,unet_tiny_uncond"
+        assert params["seed"] == "0,1,2"
+
+
+@pytest.mark.parametrize("experiment", IMAGENET)
+def test_imagenet_preflight_stops_listing_every_missing_file(experiment, tmp_path, capsys):
+    empty = tmp_path / "nothing"
+    code = preflight.main(
+        [
+            experiment,
+            f"paths.adm_dir={empty}",
+            f"paths.torchvision_dir={empty}",
+            f"paths.artifacts={tmp_path}",
+            f"paths.log_dir={tmp_path}",
+        ]
+    )
+    out, err = capsys.readouterr()
+    assert code == 2 and "missing" in err
+    assert f"command: calguide-sample --multirun experiment={experiment}" in out
+    assert "[MISSING]" in out and "128x128_diffusion.pt" in out
+
+
+def test_imagenet_baselines_preflight_names_all_official_files(tmp_path, capsys):
+    preflight.main(
+        ["imagenet128_baselines", f"paths.adm_dir={tmp_path}", f"paths.torchvision_dir={tmp_path}"]
+    )
+    out = capsys.readouterr().out
+    for name in (
+        "128x128_diffusion.pt",
+        "128x128_classifier.pt",
+        "resnet50-0676ba61.pth",
+        "resnet101-63fe2227.pth",
+        "VIRTUAL_imagenet128_labeled.npz",
+    ):
+        assert name in out
+
+
+def test_preflight_passes_when_files_exist(compose_config, tmp_path, capsys):
+    art = tmp_path / "artifacts"
+    cfg = compose_config("sample", [f"paths.artifacts={art}", "experiment=digits_scale_sweep"])
+    for _, path in required_files(cfg):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    assert preflight.main(["digits_scale_sweep", f"paths.artifacts={art}"]) == 0
+    assert "[MISSING]" not in capsys.readouterr().out
+
+
+def test_sampling_job_fails_first_with_the_whole_list(compose_config, tmp_path):
+    cfg = compose_config("sample", [f"paths.artifacts={tmp_path / 'none'}", "guidance=js"])
+    with pytest.raises(FileNotFoundError) as err:
+        check_required_files(cfg)
+    message = str(err.value)
+    assert message.startswith("3 required file(s) missing")
+    assert "denoiser.pt" in message and "digits_resnet-x0-smece-s0.pt" in message
+    assert "digits_eval-clean-ce-s1.pt" in message
+
+
+def test_unguided_runs_need_no_classifier(compose_config):
+    cfg = compose_config("sample", ["guidance=none", "metrics=none"])
+    assert [what for what, _ in required_files(cfg)] == [
+        "denoiser 'unet_tiny' (denoiser.checkpoint)"
+    ]
+
+
+def test_wandb_group_and_tags(compose_config):
+    cfg = compose_config("sample", ["experiment=digits_strategies", "guidance=js"])
+    assert run_group(cfg) == "digits_strategies"
+    tags = run_tags(cfg)
+    for tag in (
+        "task:sample",
+        "dataset:digits",
+        "denoiser:unet_tiny",
+        "strategy:js",
+        "divergence:js",
+        "classifier:digits_resnet",
+        "table:digits_strategies",
+    ):
+        assert tag in tags
+    plain = compose_config("sample", ["guidance=none"])
+    assert run_group(plain) == "sample"
+    assert not any(t.startswith(("classifier:", "divergence:")) for t in run_tags(plain))
+
+
+def test_wandb_logger_gets_conventions_offline(compose_config, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    from calguide.builders import loggers_from
+
+    cfg = compose_config("sample", ["logger=wandb", "experiment=digits_strategies", "guidance=js"])
+    cfg.paths.output_dir = str(tmp_path)
+    (logger,) = loggers_from(cfg)
+    run = logger.experiment
+    assert run.group == "digits_strategies"
+    assert "divergence:js" in run.tags
+    assert run.config["guidance"]["name"] == "js"
+    run.finish()

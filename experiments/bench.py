@@ -62,19 +62,21 @@ def pair_spec(pair: str) -> tuple[dict, DictConfig]:
     return OmegaConf.to_container(cfg.denoiser.flags, resolve=True), cfg.classifier
 
 
+def timed_call(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds for one call, with the GPU's queue drained before and after."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 def median_time(fn: Callable[[], object], repeats: int, warmup: int, device: torch.device) -> float:
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(timed_call(fn, device) for _ in range(repeats))
 
 
 def interleaved_medians(
@@ -88,13 +90,7 @@ def interleaved_medians(
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(timed_call(fn, device))
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -263,12 +259,12 @@ def bench_fast_paths(p: Pair, repeats: int, warmup: int) -> dict:
     for label, switches in variants.items():
         # Own copies of the nets: channels_last converts them in place.
         runs[label] = p.step("vanilla", fresh_nets=True, **switches)
-        started = time.perf_counter()
-        first = runs[label]()  # pays compilation when compile=True
-        if p.device.type == "cuda":
-            torch.cuda.synchronize()
+        outputs: list[torch.Tensor] = []
+        # The first call pays compilation when compile=True.
+        first_s = timed_call(lambda run=runs[label], keep=outputs: keep.append(run()), p.device)
+        first = outputs[0]
         out[label] = {
-            "first_call_s": time.perf_counter() - started,
+            "first_call_s": first_s,
             "max_abs_diff_vs_fp32": float((first.float() - reference.float()).abs().max()),
         }
     # Blocks (A B C D A B C D), not round-robin: compiled and eager code use different thread

@@ -102,7 +102,9 @@ calibrate: $(CLF_SMECE) $(CLF_CE) ## fine-tune the digits classifier on x̂₀: 
 		$(CLF_DIR)/digits_resnet-x0-smece-s0/calibration.json
 
 .PHONY: sample
-sample: calibrate $(CLF_EVAL) ## guided digits samples per strategy (smECE-calibrated classifier) + metrics
+sample: $(CLF_SMECE) $(CLF_EVAL) ## guided digits samples per strategy (smECE-calibrated classifier) + metrics
+	@echo; echo "Calibration of the guidance classifier on x̂₀ (held-out, fixed noise; before → after):"
+	@$(BIN)/python -m calguide.calibration.report $(CLF_DIR)/digits_resnet-x0-smece-s0/calibration.json
 	$(BIN)/calguide-sample --multirun $(COMMON) guidance=$(STRATEGIES) guidance.scale=$(SCALE) \
 		hydra.sweep.dir=$(RUNLOGS)/sample
 	$(BIN)/python experiments/diagnostics_figure.py $(RUNLOGS)/sample \

@@ -11,6 +11,7 @@ from tiny import tiny_denoiser_module
 
 from calguide.denoiser import (
     DenoiserModule,
+    ema_decay_at,
     export_denoiser,
     load_denoiser,
     update_ema,
@@ -146,3 +147,14 @@ def test_grid_layout_and_uint8_conversion(tmp_path):
     assert torch.equal(mosaic[4:6, 7:9], pixels[5])
     path = save_image_grid(images, tmp_path / "g.png", ncols=3, upscale=2)
     assert Image.open(path).size == (2 * 10, 2 * 7)
+
+
+def test_ema_decay_warms_up_so_the_random_init_fades():
+    assert ema_decay_at(0, 0.999) == 0.1
+    assert ema_decay_at(90, 0.999) == 91 / 100
+    assert ema_decay_at(100_000, 0.999) == 0.999
+    # Share of the initial weights left after n updates: ∏ decay_k, negligible with warm-up.
+    share = 1.0
+    for k in range(2000):
+        share *= ema_decay_at(k, 0.999)
+    assert share < 1e-6 and 0.999**2000 > 0.13

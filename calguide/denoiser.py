@@ -98,8 +98,13 @@ class DenoiserModule(L.LightningModule):
         terms = self._losses(batch, generator)
         self.log_dict({f"val/{k}": v for k, v in terms.items()}, prog_bar=True, sync_dist=True)
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        decay = ema_decay_at(max(0, self.global_step - 1), float(self.optim["ema_decay"]))
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        # The EMA update belongs to the step itself: callbacks' on_train_batch_end (which writes
+        # last.ckpt) runs before the module's, so updating there left checkpoints one update
+        # behind the exported weights.
+        super().optimizer_step(*args, **kwargs)
+        # global_step still counts the steps before this one here (0 for the first update).
+        decay = ema_decay_at(self.global_step, float(self.optim["ema_decay"]))
         update_ema(self.ema, self.net, decay)
 
     def configure_optimizers(self):

@@ -53,7 +53,9 @@ def test_train_resume_export_and_grid(compose_config):
     _, meta = load_denoiser(out / "denoiser.pt")
     assert meta["trained_steps"] == 5
 
-    # The exported EMA weights rebuild the network exactly from the file alone.
+    # The exported EMA weights rebuild the network exactly from the file alone, and equal the
+    # checkpoint's (which is written after the step's EMA update, not one update behind).
+    net, _ = load_denoiser(out / "denoiser.pt")
     ckpt = torch.load(out / "last.ckpt", map_location="cpu", weights_only=False)
     ema = {k[len("ema.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("ema.")}
     for key, value in net.state_dict().items():

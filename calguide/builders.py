@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from calguide.config import job_config
 from calguide.data import ImageDataModule
 
 
@@ -66,10 +67,9 @@ def loggers_from(cfg: DictConfig) -> list:
         if str(spec.get("_target_", "")).endswith("WandbLogger"):
             extra = {"group": spec.get("group") or run_group(cfg)}
             extra["tags"] = list(dict.fromkeys([*(spec.get("tags") or []), *run_tags(cfg)]))
-            job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
             # ``config`` is also instantiate()'s own first parameter: pass it to the partial.
             factory = instantiate(spec, _partial_=True, **extra)
-            loggers.append(factory(config=OmegaConf.to_container(job, resolve=True)))
+            loggers.append(factory(config=job_config(cfg)))
         else:
             loggers.append(instantiate(spec))
     return loggers

@@ -429,6 +429,13 @@ SCHEMAS: dict[str, type] = {
 TASK_SCHEMAS: dict[str, dict[str, type]] = {"calibrate": {"optim": ClassifierOptimConfig}}
 
 
+def job_config(cfg: DictConfig) -> dict[str, Any]:
+    """The run's own config, resolved, without Hydra's node: what runs record and log."""
+    return OmegaConf.to_container(  # type: ignore[return-value]
+        OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True
+    )
+
+
 def _one_line(err: OmegaConfBaseException, key: str) -> str:
     full_key = getattr(err, "full_key", None) or key
     message = str(err).splitlines()[0] if str(err) else type(err).__name__

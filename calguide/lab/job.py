@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from calguide.calibration.metrics import classification_metrics
 from calguide.calibration.module import ClassifierModule
-from calguide.config import conf_dir
+from calguide.config import conf_dir, job_config
 from calguide.data.gmm import GaussianMixture, mixture_from_config
 from calguide.diffusion import GaussianDiffusion
 from calguide.guidance import GuidanceClassifier, build_schedule, build_strategy, make_guidance
@@ -338,9 +338,7 @@ def run_lab(cfg: DictConfig) -> dict[str, Any]:
         "figure": str(figure),
         "diagnostics": curves,
         "seconds": elapsed,
-        "config": OmegaConf.to_container(
-            OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True
-        ),
+        "config": job_config(cfg),
     }
     atomic_write_text(text + "\n", out_dir / "lab.md")
     atomic_write_json(record, out_dir / "lab.json")

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from calguide.builders import loggers_from
 from calguide.callbacks import log_image
+from calguide.config import job_config
 from calguide.denoiser import load_denoiser
 from calguide.diffusion import GaussianDiffusion
 from calguide.guidance import GuidanceClassifier, build_schedule, build_strategy, make_guidance
@@ -137,9 +138,8 @@ def run_sampling(cfg: DictConfig) -> dict[str, Any]:
     out_dir = output_dir(cfg, batch_dependent)
     shard_dir = out_dir / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
-    job_keys = [k for k in cfg if k != "hydra"]
     atomic_write_text(
-        OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, job_keys), resolve=True),
+        OmegaConf.to_yaml(job_config(cfg)),
         out_dir / "config.yaml",
     )
 
@@ -238,9 +238,7 @@ def finish(
         "out_dir": str(out_dir),
         "classifier_smece": classifier_smece(classifier_meta or {}),
         # The resolved job config, so a multirun folder can be aggregated from these files alone.
-        "config": OmegaConf.to_container(
-            OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True
-        ),
+        "config": job_config(cfg),
     }
     if record["classifier_smece"] is not None:
         for logger in trainer.loggers:

@@ -60,7 +60,7 @@ CLF_NOISY_SMECE := $(CLF_DIR)/digits_noisy-noisy-smece-s0.pt
 DENOISER_UNCOND := $(A)/digits/unet_tiny_uncond/denoiser.pt
 TABLES := $(abspath logs)/tables
 COMMON := paths.artifacts=$(A) paths.log_dir=$(abspath logs)
-STRATEGIES ?= none,vanilla,forward_kl,reverse_kl,js,hellinger
+STRATEGIES ?= none,vanilla,rkl,fkl,js,hellinger
 SCALE ?= 2.0
 
 .PHONY: train-denoiser
@@ -149,16 +149,19 @@ reproduce-table-digits-scale-sweep: $(DENOISER) $(CLF_SMECE) $(CLF_EVAL) ## digi
 .PHONY: sweep
 sweep: reproduce-table-digits-scale-sweep ## the divergence × guidance-scale sweep on digits (+ FID-vs-scale plot)
 
-# ImageNet 128: preflight lists every missing official file and stops (exit 2) before any run.
-.PHONY: reproduce-table-imagenet128-baselines reproduce-table-imagenet128-calibration \
-	reproduce-table-imagenet128-strategies reproduce-table-imagenet128-scale-sweep
-reproduce-table-imagenet128-baselines: $(STAMP) ## ImageNet 128: ADM / ADM-G / EluCD (official files)
-	$(call run_table,imagenet128_baselines)
-reproduce-table-imagenet128-calibration: $(STAMP) ## ImageNet 128: ADM-G before vs after smECE
+# ImageNet 128: the paper's tables (PAPER.md §7, published numbers in experiments/published.yaml).
+# The preflight lists every missing official file and stops (exit 2) before any run.
+IMAGENET_TABLES := calibration sampling main alpha-eps-sweep scale-sweep
+.PHONY: $(addprefix reproduce-table-imagenet128-,$(IMAGENET_TABLES))
+reproduce-table-imagenet128-calibration: $(STAMP) ## ImageNet 128, 10K: ADM-G, classifier fine-tuned with CE vs CE + Smooth ECE
 	$(call run_table,imagenet128_calibration)
-reproduce-table-imagenet128-strategies: $(STAMP) ## ImageNet 128: strategies × ResNet-50/101
-	$(call run_table,imagenet128_strategies)
-reproduce-table-imagenet128-scale-sweep: $(STAMP) ## ImageNet 128: divergence × scale, ResNet-101
+reproduce-table-imagenet128-sampling: $(STAMP) ## ImageNet 128, 10K, ResNet-50: EluCD, tilted, entropy, RKL
+	$(call run_table,imagenet128_sampling)
+reproduce-table-imagenet128-main: $(STAMP) ## ImageNet 128, 50K: ADM-G, EluCD R50/R101, FKL/RKL/JS/Hellinger R101
+	$(call run_table,imagenet128_main)
+reproduce-table-imagenet128-alpha-eps-sweep: $(STAMP) ## ImageNet 128, 10K: divergence × α × ε, ResNet-101
+	$(call run_table,imagenet128_alpha_eps_sweep)
+reproduce-table-imagenet128-scale-sweep: $(STAMP) ## ImageNet 128, 10K: strategy × scale, ResNet-101
 	$(call run_table,imagenet128_scale_sweep)
 
 .PHONY: clean

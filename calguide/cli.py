@@ -14,9 +14,16 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from calguide.config import ConfigError, conf_dir, validate
+from calguide.config import ConfigError, conf_dir, renamed_hint, validate
 
 FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
+# A word on what a group's options mean, added to the error for an option that does not exist.
+GROUP_HINTS = {
+    "guidance": (
+        " (divergences carry the paper's names: rkl = KL(q_y‖p), fkl = KL(p‖q_y); EluCD is "
+        "vanilla with score=elucd, e.g. row=elucd_resnet101)"
+    ),
+}
 SWEEP_FUNCTIONS = ("choice(", "range(", "interval(", "glob(", "tag(", "sort(", "shuffle(")
 
 
@@ -67,7 +74,7 @@ def check_group_overrides(overrides: Sequence[str], root: Path) -> None:
             if option.strip() not in options:
                 raise ConfigError(
                     f"{key}={option.strip()}: no such option in conf/{key}/; "
-                    f"allowed: {', '.join(options)}"
+                    f"allowed: {', '.join(options)}{GROUP_HINTS.get(key, '')}"
                 )
 
 
@@ -104,6 +111,7 @@ def explain_compose_error(err: BaseException, config_name: str) -> str:
         message += f" ({_first_line(err.__cause__)})"
     if message.startswith("Could not override '"):
         key = message.split("'")[1]
+        message += renamed_hint(key)
         parent = key.rsplit(".", 1)[0] if "." in key else ""
         try:
             known = sorted(k for k in available_keys(config_name, parent) if k != "hydra")

@@ -166,16 +166,41 @@ class ClassifierConfig:
 
 @dataclass
 class CalibrationConfig:
+    """How ``calguide-calibrate`` changes a classifier (``conf/calibration/``).
+
+    ``method=gradient`` trains with CE + ``weight``·L_cal, where ``loss`` picks L_cal: ``ce``
+    (none), ``smooth_ece`` (the paper's Huber-style smooth ECE; knobs ``form``, ``beta``,
+    ``bins``) or ``kernel_smece`` (Błasiok–Nakkiran's smECE as a loss; knobs ``sigma``,
+    ``sigma_min``). ``method=temperature`` fits a post-hoc τ and changes no weight.
+    """
+
     name: str
     method: str = "gradient"
-    smece_weight: float = 0.0
+    loss: str = "ce"
+    weight: float = 0.0
+    form: str = "binned"
+    beta: float = 1e-4
+    bins: int = 15
     sigma: float | None = None
     sigma_min: float = 0.01
 
     def __post_init__(self) -> None:
-        _in_range("calibration.sigma_min", self.sigma_min, 1e-4, 0.5)
+        from calguide.calibration.losses import CALIBRATION_LOSSES, check_smooth_ece_knobs
+
         _choice("calibration.method", self.method, ("gradient", "temperature"))
-        _at_least("calibration.smece_weight", self.smece_weight, 0.0)
+        _choice("calibration.loss", self.loss, CALIBRATION_LOSSES)
+        if not (math.isfinite(self.weight) and self.weight >= 0):
+            raise ConfigError(f"calibration.weight={self.weight!r}: must be a finite number >= 0")
+        if self.loss == "ce" and self.weight > 0:
+            raise ConfigError(
+                f"calibration.weight={self.weight!r}: calibration.loss=ce has no calibration "
+                "term (use smooth_ece or kernel_smece, or weight 0)"
+            )
+        try:
+            check_smooth_ece_knobs(self.form, self.beta, self.bins)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        _in_range("calibration.sigma_min", self.sigma_min, 1e-4, 0.5)
         if self.sigma is not None and not 0 < self.sigma <= 1:
             raise ConfigError(f"calibration.sigma={self.sigma!r}: must be in (0, 1] or null (σ*)")
 
@@ -352,11 +377,11 @@ class LabConfig:
             temperature = float(spec.get("temperature", 1.0))
             if not (math.isfinite(temperature) and temperature > 0):
                 raise ConfigError(f"lab.classifiers.{name}.temperature: must be > 0")
-            unknown = sorted(set(spec) - {"kind", "temperature", "smece_weight"})
+            unknown = sorted(set(spec) - {"kind", "temperature", "calibration_weight"})
             if unknown:
                 raise ConfigError(
                     f"lab.classifiers.{name}: unknown key(s) {unknown}; allowed: kind, "
-                    "temperature, smece_weight"
+                    "temperature, calibration_weight"
                 )
         if not self.runs:
             raise ConfigError("lab.runs: at least one run is required")
@@ -429,6 +454,26 @@ SCHEMAS: dict[str, type] = {
 TASK_SCHEMAS: dict[str, dict[str, type]] = {"calibrate": {"optim": ClassifierOptimConfig}}
 
 
+RENAMED_KEYS: dict[str, str] = {
+    "calibration.smece_weight": (
+        "calibration.weight (λ), with calibration.loss one of ce, smooth_ece, kernel_smece"
+    ),
+}
+"""Config keys of earlier calguide versions -> what replaced them (strategy knobs under
+``guidance.params`` come from :data:`calguide.guidance.strategies.RENAMED_PARAMS`)."""
+
+
+def renamed_hint(full_key: str) -> str:
+    """``"; <key> was renamed: use <new>"`` for a key an earlier calguide had, else ``""``."""
+    from calguide.guidance.strategies import RENAMED_PARAMS
+
+    new = RENAMED_KEYS.get(full_key)
+    if new is None and full_key.startswith("guidance.params."):
+        old = full_key.removeprefix("guidance.params.")
+        new = f"guidance.params.{RENAMED_PARAMS[old]}" if old in RENAMED_PARAMS else None
+    return f"; {full_key} was renamed: use {new}" if new else ""
+
+
 def job_config(cfg: DictConfig) -> dict[str, Any]:
     """The run's own config, resolved, without Hydra's node: what runs record and log."""
     return OmegaConf.to_container(  # type: ignore[return-value]
@@ -441,7 +486,7 @@ def _one_line(err: OmegaConfBaseException, key: str) -> str:
     message = str(err).splitlines()[0] if str(err) else type(err).__name__
     if full_key and not full_key.startswith(key):
         full_key = f"{key}.{full_key}"
-    return f"{full_key}: {message}"
+    return f"{full_key}: {message}{renamed_hint(full_key)}"
 
 
 def validated(cfg: DictConfig, key: str, schema: type | None = None) -> Any:

@@ -40,15 +40,14 @@ from calguide.sampling.module import SamplingModule
 
 STRATEGIES = (
     "vanilla",
-    "forward_kl",
-    "reverse_kl",
+    "rkl",
+    "fkl",
     "js",
     "hellinger",
     "tv",
     "chi2",
     "entropy",
     "tilted",
-    "elucd",
 )
 
 # (denoiser config, classifier config): flags and params come from conf/, as in real runs.

@@ -249,29 +249,47 @@ def test_markdown_table_leaves_out_empty_metrics_and_published(sweep):
 
 
 def test_published_yaml_matches_by_config_values():
-    baselines = agg.load_published(agg.DEFAULT_PUBLISHED, "imagenet128_baselines")
-    strategies = agg.load_published(agg.DEFAULT_PUBLISHED, "imagenet128_strategies")
+    main = agg.load_published(agg.DEFAULT_PUBLISHED, "imagenet128_main")
+    sampling = agg.load_published(agg.DEFAULT_PUBLISHED, "imagenet128_sampling")
+    calibration = agg.load_published(agg.DEFAULT_PUBLISHED, "imagenet128_calibration")
     assert agg.load_published(agg.DEFAULT_PUBLISHED, "digits_strategies") == []
 
     def row(**values):
-        entry = dict.fromkeys(ROWS)
+        entry = dict.fromkeys([*ROWS, "experiment.row"])
         entry.update({k.replace("__", "."): v for k, v in values.items()})
         return entry
 
-    adm = agg.match_published(row(guidance__name="none", denoiser__name="adm128"), baselines)
-    assert (adm["fid"], adm["precision"], adm["recall"]) == (5.91, 0.70, 0.65)
     admg = row(guidance__name="vanilla", classifier__name="adm_noisy128", guidance__scale=0.5)
-    assert agg.match_published(admg, baselines)["fid"] == 2.97
+    assert (lambda e: (e["fid"], e["precision"], e["recall"]))(agg.match_published(admg, main)) == (
+        2.97,
+        0.78,
+        0.59,
+    )
     admg["guidance.scale"] = 1.0
-    assert agg.match_published(admg, baselines) is None
-    elucd = row(guidance__name="elucd", classifier__name="resnet101", guidance__scale=3.0)
-    assert agg.match_published(elucd, baselines)["fid"] == 2.19
+    assert agg.match_published(admg, main) is None
+    elucd = row(guidance__name="vanilla", classifier__name="resnet101", guidance__scale=1.0)
+    assert agg.match_published(elucd, main)["fid"] == 2.19
     elucd["classifier.name"] = "resnet50"
-    assert agg.match_published(elucd, baselines)["fid"] == 2.36
-    js = row(guidance__name="js", classifier__name="resnet101", guidance__scale=2.0)
-    assert agg.match_published(js, strategies)["fid"] == 2.13
-    assert "2511.05844" in agg.match_published(js, strategies)["source"]
-    assert agg.match_published(js, baselines) is None
+    assert agg.match_published(elucd, main)["fid"] == 2.37
+    assert agg.match_published(elucd, sampling)["fid"] == 5.34
+    published = {"fkl": 2.17, "rkl": 2.14, "js": 2.13}
+    for name, fid in published.items():
+        entry = agg.match_published(row(guidance__name=name, classifier__name="resnet101"), main)
+        assert entry["fid"] == fid and "2511.05844" in entry["source"]
+    hellinger = agg.match_published(
+        row(guidance__name="hellinger", classifier__name="resnet101"), main
+    )
+    assert (hellinger["precision"], hellinger["recall"]) == (0.80, 0.58) and "fid" not in hellinger
+    tilted = agg.match_published(
+        row(guidance__name="tilted", classifier__name="resnet50"), sampling
+    )
+    assert tilted["fid"] == 5.28 and "t = −0.2" in tilted["source"]
+    smece = row(experiment__row="ADM-G, fine-tuned (CE + Smooth ECE)")
+    assert agg.match_published(smece, calibration)["fid"] == 5.94
+    assert (
+        agg.match_published(row(guidance__name="js", classifier__name="resnet101"), sampling)
+        is None
+    )
 
 
 def test_csv_files(sweep, tmp_path):

@@ -75,7 +75,9 @@ def test_module_rejects_inconsistent_settings():
 def test_noisy_mode_trains_a_noise_aware_classifier():
     diffusion = GaussianDiffusion.from_config(steps=100)
     clf = build_classifier("adm_classifier", TINY_ADM_CLASSIFIER_FLAGS)
-    module = ClassifierModule(clf, diffusion, mode="noisy", smece_weight=1.0, buckets=4)
+    module = ClassifierModule(
+        clf, diffusion, mode="noisy", loss="smooth_ece", weight=1.0, buckets=4
+    )
     x0, y = torch.rand(16, 1, 8, 8) * 2 - 1, torch.randint(0, 10, (16,))
     loss = module.training_step((x0, y), 0)
     loss.backward()
@@ -132,7 +134,7 @@ def test_calibrate_end_to_end_train_then_finetune(compose_config, tmp_path):
     base = Path(cfg.output)
     assert base.is_file() and record["before"] is None and "clean" in record["after"]
 
-    # 2. Fine-tune it on x̂₀ from a (random, tiny) denoiser with CE + λ·smECE.
+    # 2. Fine-tune it on x̂₀ from a (random, tiny) denoiser with CE + λ·L_ECE (the paper's loss).
     denoiser = tiny_denoiser_file(tmp_path / "denoiser.pt")
     cfg = compose_config(
         "calibrate",

@@ -124,6 +124,32 @@ def test_cli_bad_override_is_one_clear_line(override, expected):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        # An old divergence name: the one line says what the paper calls them.
+        ("guidance=reverse_" + "kl", "no such option in conf/guidance/; allowed: chi2, entropy"),
+        ("guidance=elucd", "EluCD is vanilla with score=elucd"),
+        ("guidance.params.gamma=2", "guidance.params.gamma was renamed: use guidance.params.alpha"),
+        (
+            "calibration.smece_weight=1",
+            "calibration.smece_weight was renamed: use calibration.weight",
+        ),
+    ],
+)
+def test_old_names_get_one_line_naming_the_new_ones(override: str, expected: str):
+    script = "calguide.calibrate" if override.startswith("calibration") else "calguide.sample"
+    code = f"import sys; from {script} import main; sys.argv[0] = 'x'; main()"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, override], capture_output=True, text=True, timeout=120
+    )
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("calguide: error: ") and expected in lines[0]
+    if override.startswith("guidance="):
+        assert "rkl = KL(q_y‖p), fkl = KL(p‖q_y)" in lines[0]
+
+
 def test_cli_cfg_job_prints_resolvable_config():
     proc = run_cli("--cfg", "job", "diffusion=ddim")
     assert proc.returncode == 0, proc.stderr

@@ -24,10 +24,12 @@ IMAGENET = [e for e in EXPERIMENTS if e.startswith("imagenet128")]
 DIGITS = [e for e in EXPERIMENTS if e.startswith("digits")]
 
 
-def test_every_table_has_a_recipe_for_both_scales():
-    tables = ("baselines", "calibration", "strategies", "scale_sweep")
-    for table in tables:
-        assert f"digits_{table}" in EXPERIMENTS and f"imagenet128_{table}" in EXPERIMENTS
+def test_every_table_has_a_recipe():
+    for table in ("baselines", "calibration", "strategies", "scale_sweep"):
+        assert f"digits_{table}" in EXPERIMENTS
+    # The paper's three tables (PAPER.md §7) and the sweeps the paper does not publish.
+    for table in ("calibration", "sampling", "main", "alpha_eps_sweep", "scale_sweep"):
+        assert f"imagenet128_{table}" in EXPERIMENTS
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -55,18 +57,42 @@ def test_every_sweep_point_composes_and_validates(compose_config, experiment):
 def test_imagenet_tables_follow_adm_protocol(compose_config, experiment):
     cfg = compose_config("sample", [f"experiment={experiment}"])
     assert cfg.denoiser.name == "adm128" and cfg.diffusion.respacing == "250"
-    assert cfg.sampling.num_samples == 50_000 and cfg.sampling.labels == "random"
+    assert cfg.diffusion.sampler == "ddpm"
+    # 50K for the main table, 10K for the paper's ablations and our sweeps (PAPER.md §6).
+    want = 50_000 if experiment == "imagenet128_main" else 10_000
+    assert cfg.sampling.num_samples == want and cfg.sampling.labels == "random"
     assert cfg.metrics.kind == "inception"
     assert cfg.metrics.reference.endswith("VIRTUAL_imagenet128_labeled.npz")
 
 
-def test_imagenet_rows_use_published_weights(compose_config):
-    adm_g = compose_config("sample", ["experiment=imagenet128_baselines", "row=adm_g128"])
+def test_imagenet_rows_use_published_weights_and_elucds_convention(compose_config):
+    adm_g = compose_config("sample", ["experiment=imagenet128_main", "row=adm_g128"])
     assert adm_g.classifier.checkpoint.endswith("128x128_classifier.pt")
     assert adm_g.guidance.name == "vanilla" and adm_g.guidance.scale == 0.5
+    assert dict(adm_g.guidance.params) == {"tau1": 1.0, "delta": 1.0}
+    assert adm_g.guidance.schedule == "constant"
     assert adm_g.denoiser.checkpoint.endswith("128x128_diffusion.pt")
-    r101 = compose_config("sample", ["experiment=imagenet128_strategies", "classifier=resnet101"])
-    assert r101.classifier.checkpoint.endswith("resnet101-63fe2227.pth")
+    for row, weights in (
+        ("elucd_resnet101", "resnet101-cd907fc2.pth"),
+        ("js_resnet101", "resnet101-cd907fc2.pth"),
+        ("elucd_resnet50", "resnet50-11ad3fa6.pth"),
+    ):
+        cfg = compose_config("sample", ["experiment=imagenet128_main", f"row={row}"])
+        assert cfg.classifier.checkpoint.endswith(weights), row  # IMAGENET1K_V2
+        assert cfg.classifier.normalize == "none" and cfg.classifier.input_size is None
+        assert cfg.classifier.softplus_beta == 3.0
+        assert (cfg.guidance.params.tau1, cfg.guidance.params.delta) == (1.0, 0.5)
+        assert cfg.guidance.schedule == "elucd" and cfg.guidance.schedule_params.gamma == 0.3
+        assert cfg.guidance.scale == 1.0
+    sampling = compose_config("sample", ["experiment=imagenet128_sampling", "guidance=tilted"])
+    assert sampling.guidance.params.t == -0.2 and sampling.guidance.params.delta == 0.5
+    assert sampling.classifier.name == "resnet50" and sampling.guidance.schedule == "elucd"
+    # ImageNet-normalised input stays an option.
+    norm = compose_config(
+        "sample",
+        ["classifier=resnet101", "classifier.normalize=imagenet", "classifier.input_size=224"],
+    )
+    validate(norm)
 
 
 def test_digits_tables_cover_both_denoisers_and_three_seeds(compose_config):
@@ -94,16 +120,16 @@ def test_imagenet_preflight_stops_listing_every_missing_file(experiment, tmp_pat
     assert "[MISSING]" in out and "128x128_diffusion.pt" in out
 
 
-def test_imagenet_baselines_preflight_names_all_official_files(tmp_path, capsys):
+def test_imagenet_main_preflight_names_all_official_files(tmp_path, capsys):
     preflight.main(
-        ["imagenet128_baselines", f"paths.adm_dir={tmp_path}", f"paths.torchvision_dir={tmp_path}"]
+        ["imagenet128_main", f"paths.adm_dir={tmp_path}", f"paths.torchvision_dir={tmp_path}"]
     )
     out = capsys.readouterr().out
     for name in (
         "128x128_diffusion.pt",
         "128x128_classifier.pt",
-        "resnet50-0676ba61.pth",
-        "resnet101-63fe2227.pth",
+        "resnet50-11ad3fa6.pth",
+        "resnet101-cd907fc2.pth",
         "VIRTUAL_imagenet128_labeled.npz",
     ):
         assert name in out

@@ -71,10 +71,10 @@ def _p_y(hook: ClassifierGuidance, x: torch.Tensor, t: torch.Tensor, labels) -> 
 
 STEP_STRATEGIES = [
     ("vanilla", {}),
-    ("elucd", {"t1": 1.0, "delta": 0.5}),
+    ("vanilla", {"tau1": 1.0, "delta": 0.5}),
     ("entropy", {"lambda0": 0.1, "adapt": "confidence"}),
-    ("tilted", {"tau": 1.0}),
-    *[(name, {"gamma": 0.5}) for name in sorted(divergence_names())],
+    ("tilted", {"t": -0.2}),
+    *[(name, {"alpha": 0.5}) for name in sorted(divergence_names())],
 ]
 
 
@@ -139,11 +139,11 @@ def test_through_denoiser_is_jacobian_transpose_times_g(points, labels) -> None:
 
     clf = GuidanceClassifier(_linear(), input_mode="x0", through_denoiser=True)
     hook = ClassifierGuidance(
-        clf, build_strategy("reverse_kl"), build_schedule("constant", 1.0), T, denoise_fn=denoise
+        clf, build_strategy("rkl"), build_schedule("constant", 1.0), T, denoise_fn=denoise
     ).bind(labels)
     t = torch.full((8,), 300)
     x0 = denoise(points, t)
-    g_x0 = _hook("x0", "reverse_kl").bind(labels)(points, x0, t)
+    g_x0 = _hook("x0", "rkl").bind(labels)(points, x0, t)
     stale_pred_x0 = torch.zeros_like(points)  # ignored: x̂₀ is recomputed from x_t
     torch.testing.assert_close(hook(points, stale_pred_x0, t), g_x0 @ a)
 
@@ -355,7 +355,7 @@ def test_resnet_with_softplus_in_x0_mode() -> None:
     net = small_resnet(num_classes=10, in_channels=1, width=8, image_size=16)
     clf = GuidanceClassifier(net, input_mode="x0", softplus_beta=10.0, temperature=2.0)
     assert not any(isinstance(m, nn.ReLU) for m in net.modules())
-    hook = make_guidance(clf, build_strategy("reverse_kl"), build_schedule("constant", 1.0), T)
+    hook = make_guidance(clf, build_strategy("rkl"), build_schedule("constant", 1.0), T)
     x0 = torch.rand(3, 1, 16, 16) * 2 - 1
     g = hook.bind(torch.tensor([1, 2, 3]))(torch.randn_like(x0), x0, torch.full((3,), 900))
     assert g.shape == x0.shape and bool(torch.isfinite(g).all()) and g.abs().sum() > 0

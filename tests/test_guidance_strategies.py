@@ -11,7 +11,6 @@ import torch
 
 from calguide.guidance import (
     DivergenceGuidance,
-    EluCD,
     Entropy,
     GuidanceStrategy,
     NoGuidance,
@@ -26,6 +25,7 @@ from calguide.guidance import (
 from calguide.guidance.strategies import (
     STRATEGIES,
     entropy,
+    guided_score,
     target_log_prob,
     unregister_strategy,
 )
@@ -68,12 +68,11 @@ def test_vanilla_is_log_p_y(logits, labels, t) -> None:
 @pytest.mark.parametrize(
     "strategy",
     [
-        Tilted(tau=0.0),
-        EluCD(t1=1.0, delta=1.0),
+        Tilted(t=0.0),
         Entropy(lambda0=0.0, adapt="constant"),
         Entropy(lambda0=0.0, adapt="time"),
         Entropy(lambda0=0.0, adapt="confidence"),
-        *[DivergenceGuidance(name, beta=1.0, gamma=0.0) for name in divergence_names()],
+        *[DivergenceGuidance(divergence=name, alpha=0.0) for name in divergence_names()],
     ],
     ids=repr,
 )
@@ -83,17 +82,40 @@ def test_neutral_knobs_equal_vanilla(strategy, logits, labels, t) -> None:
     )
 
 
-def test_elucd_objective(logits, labels, t) -> None:
-    s = EluCD(t1=2.0, delta=0.5)
+@pytest.mark.parametrize(("tau1", "delta"), [(1.0, 0.5), (2.0, 0.5), (0.7, 1.3)])
+def test_every_strategy_is_written_on_the_guided_score(tau1, delta, logits, labels, t) -> None:
+    """log p_{τ1,τ2}(y|x) = τ1·f_y − log Σ exp(τ2·f), τ2 = τ1·δ (EluCD's temperatures), under
+    every strategy: with a neutral regularizer each one is vanilla at the same τ's."""
     z_y = logits[torch.arange(B), labels]
-    want = 2.0 * z_y - torch.logsumexp(1.0 * logits, dim=-1)
-    torch.testing.assert_close(s.objective(logits, labels, t, T), want)
+    want = tau1 * z_y - torch.logsumexp(tau1 * delta * logits, dim=-1)
+    vanilla = Vanilla(tau1=tau1, delta=delta)
+    torch.testing.assert_close(vanilla.objective(logits, labels, t, T), want)
+    torch.testing.assert_close(guided_score(logits, labels, tau1, delta), want)
+    base = _grad(vanilla, logits, labels, t)
+    for neutral in (
+        Tilted(tau1=tau1, delta=delta, t=0.0),
+        Entropy(tau1=tau1, delta=delta, lambda0=0.0),
+        *[
+            DivergenceGuidance(divergence=n, tau1=tau1, delta=delta, alpha=0.0)
+            for n in divergence_names()
+        ],
+    ):
+        torch.testing.assert_close(_grad(neutral, logits, labels, t), base, msg=repr(neutral))
+
+
+def test_unit_temperatures_are_log_p_y(logits, labels) -> None:
+    torch.testing.assert_close(guided_score(logits, labels), target_log_prob(logits, labels))
+    z_y = logits[torch.arange(B), labels]
+    torch.testing.assert_close(
+        guided_score(logits, labels, 1.0, 1.0 + 1e-12),
+        z_y - torch.logsumexp(logits, dim=-1),
+    )
 
 
 @pytest.mark.parametrize("adapt", ["constant", "time", "confidence"])
 def test_entropy_weight_is_detached(adapt: str, logits, labels, t) -> None:
-    """g = ∇log p_y + λ·∇H with λ(t, p) held constant."""
-    s = Entropy(lambda0=0.3, adapt=adapt)
+    """g = ∇log p_{τ1,τ2} + λ·∇H with λ(t, p) held constant."""
+    s = Entropy(lambda0=0.3, adapt=adapt, delta=0.5)
     h = entropy(logits)
     lam = {
         "constant": torch.full((B,), 0.3, dtype=torch.float64),
@@ -103,39 +125,65 @@ def test_entropy_weight_is_detached(adapt: str, logits, labels, t) -> None:
     torch.testing.assert_close(s.weight(h, t, T, K), lam)
     z = logits.clone().requires_grad_(True)
     (grad_h,) = torch.autograd.grad(entropy(z).sum(), z)
-    want = _grad(Vanilla(), logits, labels, t) + lam[:, None] * grad_h
+    want = _grad(Vanilla(delta=0.5), logits, labels, t) + lam[:, None] * grad_h
     torch.testing.assert_close(_grad(s, logits, labels, t), want)
 
 
-def test_tilted_reweights_the_batch(logits, labels, t) -> None:
-    s = Tilted(tau=2.0)
-    log_p_y = target_log_prob(logits, labels)
-    w = torch.softmax(-2.0 * log_p_y, dim=0)
-    torch.testing.assert_close(s.weights(log_p_y), w)
-    torch.testing.assert_close(w.sum(), torch.tensor(1.0, dtype=torch.float64))
-    want = B * w[:, None] * _grad(Vanilla(), logits, labels, t)
+@pytest.mark.parametrize("tilt", [-0.2, 2.0])
+def test_tilted_is_the_papers_batch_tilt(tilt: float, logits, labels, t) -> None:
+    """∂/∂f_i of S = (1/t)·log mean_j exp(t·s_j) is w_i·∇s_i; sample i gets N·w_i·∇s_i."""
+    s = Tilted(t=tilt, delta=0.5)
+    scores = guided_score(logits, labels, 1.0, 0.5)
+    w = torch.softmax(tilt * scores, dim=0)
+    torch.testing.assert_close(s.weights(scores), w)
+    z = logits.clone().requires_grad_(True)
+    tilted = torch.logsumexp(tilt * guided_score(z, labels, 1.0, 0.5), 0) / tilt
+    (grad_s,) = torch.autograd.grad(tilted - math.log(B) / tilt, z)
+    torch.testing.assert_close(_grad(s, logits, labels, t), B * grad_s)
+    want = B * w[:, None] * _grad(Vanilla(delta=0.5), logits, labels, t)
     torch.testing.assert_close(_grad(s, logits, labels, t), want)
-    # The least confident sample gets the largest weight.
-    assert int(w.argmax()) == int(log_p_y.argmin())
+    # t < 0: the least confident sample gets the largest weight; t > 0: the most confident.
+    pick = scores.argmin() if tilt < 0 else scores.argmax()
+    assert int(w.argmax()) == int(pick)
     assert Tilted.batch_dependent and not Vanilla.batch_dependent
 
 
-def test_forward_kl_without_smoothing_adds_to_log_p_y(logits, labels, t) -> None:
-    s = DivergenceGuidance("forward_kl", beta=1.0, gamma=2.0, smoothing=0.0)
+def test_tilted_tends_to_vanilla_as_t_goes_to_zero(logits, labels, t) -> None:
+    gaps = [
+        float(
+            (_grad(Tilted(t=tilt), logits, labels, t) - _grad(Vanilla(), logits, labels, t))
+            .abs()
+            .max()
+        )
+        for tilt in (-1e-2, -1e-4, -1e-6)
+    ]
+    assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 1e-5
+
+
+def test_rkl_at_one_hot_target_adds_to_the_score(logits, labels, t) -> None:
+    """ε = 1: D_rkl(e_y‖p) = −log p_y, so J = log p_y + α·log p_y."""
+    s = DivergenceGuidance(divergence="rkl", alpha=2.0, eps=1.0)
     torch.testing.assert_close(
         s.objective(logits, labels, t, T), 3.0 * target_log_prob(logits, labels)
     )
 
 
 def test_divergence_objective(logits, labels, t) -> None:
-    s = DivergenceGuidance("js", beta=0.5, gamma=2.0, smoothing=0.2)
+    s = DivergenceGuidance(divergence="js", tau1=1.5, delta=0.5, alpha=2.0, eps=0.8)
     p = torch.softmax(logits, -1)
     q = 0.8 * torch.nn.functional.one_hot(labels, K).double() + 0.2 / K
     m = 0.5 * (p + q)
     js = 0.5 * (p * (p / m).log()).sum(-1) + 0.5 * (q * (q / m).log()).sum(-1)
-    want = 0.5 * target_log_prob(logits, labels) - 2.0 * js
+    want = guided_score(logits, labels, 1.5, 0.5) - 2.0 * js
     torch.testing.assert_close(s.objective(logits, labels, t, T), want)
     assert s.name == "js"
+
+
+def test_divergence_temperature_of_p(logits, labels, t) -> None:
+    s = DivergenceGuidance(divergence="rkl", eps=0.5, tau_d=0.5)
+    p = torch.softmax(0.5 * logits, -1)
+    q = 0.5 * torch.nn.functional.one_hot(labels, K).double() + 0.5 / K
+    torch.testing.assert_close(s.regularizer(logits, labels), (q * (q / p).log()).sum(-1))
 
 
 def test_half_precision_logits_are_promoted(logits, labels, t) -> None:
@@ -151,35 +199,57 @@ def test_none_is_inactive(logits, labels, t) -> None:
 
 def test_build_strategy_maps_every_name() -> None:
     assert isinstance(build_strategy("vanilla"), Vanilla)
-    assert build_strategy("elucd", t1=2.0, delta=0.5) == EluCD(2.0, 0.5)
-    assert build_strategy("entropy", lambda0=0.5, adapt="time") == Entropy(0.5, "time")
-    assert build_strategy("tilted", tau=3.0) == Tilted(3.0)
+    assert build_strategy("vanilla", tau1=1.0, delta=0.5) == Vanilla(tau1=1.0, delta=0.5)
+    assert build_strategy("entropy", lambda0=0.5, adapt="time") == Entropy(
+        lambda0=0.5, adapt="time"
+    )
+    assert build_strategy("tilted", t=-0.2) == Tilted(t=-0.2)
     for name in divergence_names():
-        s = build_strategy(name, beta=2.0, gamma=0.5, smoothing=0.05)
-        assert s == DivergenceGuidance(name, 2.0, 0.5, 0.05) and s.name == name
-    assert set(strategy_names()) >= {"none", "vanilla", "elucd", "entropy", "tilted", "js"}
+        s = build_strategy(name, alpha=2.0, eps=0.5, tau_d=0.5, delta=0.5)
+        want = DivergenceGuidance(divergence=name, alpha=2.0, eps=0.5, tau_d=0.5, delta=0.5)
+        assert s == want and s.name == name
+    assert set(strategy_names()) >= {"none", "vanilla", "entropy", "tilted", "rkl", "fkl", "js"}
+    assert "elucd" not in strategy_names()  # EluCD is vanilla on EluCD's score (score=elucd)
 
 
 def test_build_strategy_errors_list_the_choices() -> None:
     with pytest.raises(ValueError) as info:
         build_strategy("kl")
-    for name in ("vanilla", "tilted", "js", "reverse_kl"):
+    for name in ("vanilla", "tilted", "js", "rkl", "fkl"):
         assert name in str(info.value)
     with pytest.raises(ValueError, match=r"unknown parameter.*'lambda'.*allowed.*lambda0"):
         build_strategy("entropy", **{"lambda": 0.1})
-    with pytest.raises(ValueError, match=r"allowed: \['beta', 'gamma', 'smoothing'\]"):
+    with pytest.raises(ValueError, match=r"allowed: \['tau1', 'delta', 'alpha', 'eps', 'tau_d'\]"):
         build_strategy("js", scale=2.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "old", "new"),
+    [
+        ("js", "gamma", "alpha"),
+        ("js", "smoothing", "eps"),
+        ("js", "beta", "tau1"),
+        ("tilted", "tau", "t"),
+        ("vanilla", "t1", "tau1"),
+    ],
+)
+def test_old_knob_names_point_to_the_new_ones(name: str, old: str, new: str) -> None:
+    with pytest.raises(ValueError, match=rf"\['{old}'\].*renamed: {old} -> {new}"):
+        build_strategy(name, **{old: 0.5})
 
 
 @pytest.mark.parametrize(
     ("name", "params", "key"),
     [
-        ("entropy", {"adapt": "linear"}, "guidance.adapt"),
-        ("elucd", {"delta": 0.0}, "guidance.delta"),
-        ("elucd", {"t1": -1.0}, "guidance.t1"),
-        ("tilted", {"tau": math.inf}, "guidance.tau"),
-        ("js", {"smoothing": 1.5}, "guidance.smoothing"),
-        ("js", {"gamma": math.nan}, "guidance.gamma"),
+        ("entropy", {"adapt": "linear"}, "guidance.params.adapt"),
+        ("vanilla", {"delta": 0.0}, "guidance.params.delta"),
+        ("js", {"tau1": -1.0}, "guidance.params.tau1"),
+        ("tilted", {"t": math.inf}, "guidance.params.t"),
+        ("js", {"eps": 1.5}, "guidance.params.eps"),
+        ("js", {"alpha": math.nan}, "guidance.params.alpha"),
+        ("rkl", {"tau_d": 0.0}, "guidance.params.tau_d"),
+        ("fkl", {"eps": 1.0}, "guidance.params.eps=1"),
+        ("chi2", {"eps": 1.0}, "guidance.params.eps=1"),
     ],
 )
 def test_knob_validation_names_the_key(name: str, params: dict, key: str) -> None:
@@ -210,8 +280,31 @@ def test_sin_schedule() -> None:
     torch.testing.assert_close(s(t, n), torch.tensor([2.0, 3.0, 2.0 * (1 + 0.5 * 0.5)]))
 
 
+def test_elucd_schedule_is_an_additive_variance() -> None:
+    """a_i = max(sin(π·i/N)·Σ_max·γ, 0) per sample; s(t) stays the constant scale."""
+    s = build_schedule("elucd", 1.5, gamma=0.3)
+    n = 250
+    index = torch.tensor([249, 125, 0, 62])
+    var_max = torch.tensor([0.02, 0.5, 0.3, 0.1], dtype=torch.float64)
+    want = [
+        max(math.sin(math.pi * i / n) * v * 0.3, 0.0)
+        for i, v in zip(index.tolist(), var_max.tolist())
+    ]
+    torch.testing.assert_close(
+        s.extra_variance(index, n, var_max), torch.tensor(want, dtype=torch.float64)
+    )
+    torch.testing.assert_close(s(torch.tensor([999, 0]), 1000), torch.full((2,), 1.5))
+    assert s.additive and s.extra_variance(torch.tensor([0]), n, var_max[:1]).item() == 0.0
+    assert build_schedule("elucd", 1.0).gamma == 0.3  # EluCD's recipe is the default
+    for name in ("constant", "linear", "sin"):
+        plain = build_schedule(name, 1.0)
+        assert not plain.additive and plain.extra_variance(index, n, var_max) is None
+    with pytest.raises(ValueError, match="gamma"):
+        build_schedule("elucd", 1.0, gamma=-0.1)
+
+
 def test_schedule_errors() -> None:
-    with pytest.raises(ValueError, match=r"'constant', 'linear', 'sin'"):
+    with pytest.raises(ValueError, match=r"'constant', 'linear', 'elucd', 'sin'"):
         build_schedule("cosine", 1.0)
     with pytest.raises(ValueError, match=r"allowed: \['gamma'\]"):
         build_schedule("sin", 1.0, start=0.0)

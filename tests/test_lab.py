@@ -317,6 +317,11 @@ def test_lab_config_errors_are_one_line(lab_cfg):
     with pytest.raises(ConfigError, match=r"lab.classifiers.bad.kind"):
         validated(cfg, "lab")
     cfg = lab_cfg.copy()
+    OmegaConf.set_struct(cfg, False)
+    cfg.lab.classifiers.mlp_smece = {"kind": "mlp", "smece_weight": 1.0}
+    with pytest.raises(ConfigError, match=r"\['smece_weight'\]; allowed: .*calibration_weight"):
+        validated(cfg, "lab")
+    cfg = lab_cfg.copy()
     cfg.lab.runs = [{"guidance": "kl_typo", "scale": 1.0}]
     with pytest.raises(ConfigError, match=r"lab.runs\[0\].guidance='kl_typo'"):
         validated(cfg, "lab")
@@ -328,7 +333,7 @@ def test_lab_config_errors_are_one_line(lab_cfg):
 
 def test_guidance_spec_takes_the_image_path_defaults(lab_cfg):
     spec = guidance_spec(OmegaConf.create({"guidance": "js", "scale": 3.0}))
-    assert spec["name"] == "js" and spec["scale"] == 3.0 and spec["params"]["smoothing"] == 0.1
+    assert spec["name"] == "js" and spec["scale"] == 3.0 and spec["params"]["eps"] == 0.9
 
 
 def test_lab_job_end_to_end(compose_config, tmp_path):

@@ -127,7 +127,7 @@ def test_per_sample_noise_does_not_depend_on_the_batch():
 # --------------------------------------------------------------------------- invariances
 
 
-@pytest.mark.parametrize("strategy", ["none", "vanilla", "js", "reverse_kl", "entropy"])
+@pytest.mark.parametrize("strategy", ["none", "vanilla", "js", "rkl", "entropy"])
 def test_batch_size_does_not_change_samples(strategy):
     labels = sample_labels(8, 10, "random", seed=0)
     module = module_for(strategy)

@@ -19,6 +19,7 @@ from calguide.calibration.module import ClassifierModule
 from calguide.calibration.reliability import save_reliability_diagram
 from calguide.calibration.report import calibration_table, named_buckets
 from calguide.callbacks import log_image
+from calguide.config import validated
 from calguide.denoiser import load_denoiser
 from calguide.diffusion import GaussianDiffusion
 from calguide.io import atomic_write_text
@@ -114,15 +115,20 @@ def run_calibration(cfg: DictConfig) -> dict[str, Any]:
     classifier, init_meta = classifier_from(cfg.classifier, cfg.init)
     denoiser, denoiser_meta = denoiser_from(cfg)
     diffusion = diffusion_from(cfg, denoiser_meta)
+    calibration = validated(cfg, "calibration")  # typed, with the schema's defaults filled in
     module = ClassifierModule(
         classifier,
         diffusion,
         mode=cfg.inputs.mode,
         t_min=cfg.inputs.t_min,
         t_max=min(cfg.inputs.t_max, diffusion.num_timesteps - 1),
-        smece_weight=cfg.calibration.smece_weight,
-        sigma=cfg.calibration.sigma,
-        sigma_min=cfg.calibration.sigma_min,
+        loss=calibration.loss,
+        weight=calibration.weight,
+        form=calibration.form,
+        beta=calibration.beta,
+        bins=calibration.bins,
+        sigma=calibration.sigma,
+        sigma_min=calibration.sigma_min,
         lr=cfg.optim.lr,
         weight_decay=cfg.optim.weight_decay,
         warmup_steps=cfg.optim.warmup_steps,

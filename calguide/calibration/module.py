@@ -3,13 +3,18 @@
 The job is chosen by configuration, not by subclass:
 - ``inputs.mode``: ``clean`` images, ``noisy`` x_t (noise-aware networks, ADM-style), or ``x0``:
   x̂₀(x_t) from a frozen denoiser (the off-the-shelf guidance setting);
-- ``loss.smece_weight`` λ: L = CE + λ·smECE_σ (λ = 0 is plain cross-entropy);
+- ``calibration.loss`` and its weight λ: L = CE + λ·L_cal, where L_cal is the paper's Huber-style
+  smooth ECE (``smooth_ece``, :mod:`calguide.calibration.losses`) or Błasiok–Nakkiran's kernel
+  smECE (``kernel_smece``); ``ce`` (or λ = 0) is plain cross-entropy;
 - the starting weights: random (training from scratch) or a checkpoint (fine-tuning).
-Validation measures accuracy, NLL, binned ECE and smECE on held-out data per timestep bucket,
-with fixed noise so that numbers before and after fine-tuning are comparable.
+Validation measures accuracy, NLL, binned ECE and kernel smECE on held-out data per timestep
+bucket (whatever the training loss), with fixed noise so that numbers before and after fine-tuning
+are comparable.
 """
 
 from __future__ import annotations
+
+import math
 
 import lightning as L
 import torch
@@ -17,6 +22,13 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from calguide.calibration.ece import smooth_ece_from_logits
+from calguide.calibration.losses import (
+    CALIBRATION_LOSSES,
+    DEFAULT_BETA,
+    DEFAULT_BINS,
+    check_smooth_ece_knobs,
+    huber_smooth_ece_from_logits,
+)
 from calguide.calibration.metrics import classification_metrics, timestep_buckets
 from calguide.denoiser import warmup_factor
 from calguide.diffusion import GaussianDiffusion
@@ -34,7 +46,11 @@ class ClassifierModule(L.LightningModule):
         mode: str = "clean",
         t_min: int = 0,
         t_max: int | None = None,
-        smece_weight: float = 0.0,
+        loss: str = "ce",
+        weight: float = 0.0,
+        form: str = "binned",
+        beta: float = DEFAULT_BETA,
+        bins: int = DEFAULT_BINS,
         sigma: float | None = None,
         sigma_min: float = 0.01,
         lr: float = 1e-3,
@@ -57,6 +73,19 @@ class ClassifierModule(L.LightningModule):
                 f"inputs.mode=noisy needs a noise-aware classifier; {classifier.arch!r} is not "
                 "(use inputs.mode=x0 for off-the-shelf networks)"
             )
+        if loss not in CALIBRATION_LOSSES:
+            raise ValueError(
+                f"calibration.loss={loss!r}: must be one of {list(CALIBRATION_LOSSES)}"
+            )
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"calibration.weight={weight!r}: must be a finite number >= 0")
+        if loss == "ce" and weight > 0:
+            raise ValueError(
+                f"calibration.weight={weight!r}: calibration.loss=ce has no calibration term "
+                "(use smooth_ece or kernel_smece, or weight 0)"
+            )
+        if loss == "smooth_ece":
+            check_smooth_ece_knobs(form, beta, bins)
         self.save_hyperparameters(ignore=["classifier", "diffusion", "denoiser"])
         self.classifier = classifier
         self.diffusion = diffusion
@@ -135,16 +164,26 @@ class ClassifierModule(L.LightningModule):
         logits = self.logits(inputs, t)
         ce = F.cross_entropy(logits, labels)
         loss = ce
-        if self.hparams.smece_weight > 0:
-            smece = smooth_ece_from_logits(
-                logits, labels, sigma=self.hparams.sigma, sigma_min=self.hparams.sigma_min
-            )
-            loss = ce + self.hparams.smece_weight * smece
-            self.log("train/smece", smece)
+        weight = float(self.hparams.weight)
+        if self.hparams.loss != "ce" and weight > 0:
+            calibration = self.calibration_loss(logits, labels)
+            loss = ce + weight * calibration
+            self.log("train/calibration_loss", calibration)
         acc = (logits.argmax(1) == labels).float().mean()
         self.log_dict({"train/ce": ce, "train/loss": loss, "train/acc": acc})
         self.log("loss", loss, prog_bar=True, logger=False)
         return loss
+
+    def calibration_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """The configured calibration term L_cal (unweighted) of a batch; needs loss != ce."""
+        hp = self.hparams
+        if hp.loss == "smooth_ece":
+            return huber_smooth_ece_from_logits(
+                logits, labels, form=hp.form, beta=hp.beta, bins=hp.bins
+            )
+        if hp.loss == "kernel_smece":
+            return smooth_ece_from_logits(logits, labels, sigma=hp.sigma, sigma_min=hp.sigma_min)
+        raise ValueError(f"calibration.loss={hp.loss!r} has no calibration term")
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(

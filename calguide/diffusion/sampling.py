@@ -25,12 +25,21 @@ class GuidanceFn(Protocol):
     ``t`` holds base-chain timesteps (what the network sees). ``space`` says what g is a
     gradient with respect to: ``"x_t"`` (noise-aware classifier, or back-propagated through the
     denoiser) or ``"x0"`` (an off-the-shelf classifier on x̂₀). Plain functions count as
-    ``"x_t"``.
+    ``"x_t"`` with no additive variance.
+
+    ``extra_variance(index, num_steps, variance_max)`` returns the a_i the DDPM step adds to
+    Σ_t in the mean shift μ + (Σ_t + a_i)·s·g (EluCD's schedule), or ``None``; ``adds_variance``
+    says whether it can (such guidance is defined on the DDPM step only).
     """
 
     space: Literal["x_t", "x0"]
+    adds_variance: bool
 
     def __call__(self, x_t: Tensor, pred_x0: Tensor, t: Tensor) -> Tensor: ...
+
+    def extra_variance(
+        self, index: Tensor, num_steps: int, variance_max: Tensor
+    ) -> Tensor | None: ...
 
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
@@ -43,6 +52,7 @@ class StepOutput:
     mean: Tensor
     log_variance: Tensor
     guidance: Tensor | None
+    variance_max: Tensor | None = None  # running max of Σ_t per sample (guided DDPM chains)
 
 
 def guidance_space(guidance: Callable | None) -> str:
@@ -50,13 +60,25 @@ def guidance_space(guidance: Callable | None) -> str:
 
 
 def check_sampler_supports(guidance: Callable | None, sampler: str) -> None:
-    """Refuse x̂₀-space guidance on DDIM before any work is done."""
-    if sampler == "ddim" and guidance is not None and guidance_space(guidance) == "x0":
+    """Refuse, before any work is done, guidance that is defined on the DDPM step only."""
+    if sampler != "ddim" or guidance is None:
+        return
+    if guidance_space(guidance) == "x0":
         raise ValueError(
             "diffusion.sampler=ddim cannot apply x0-mode guidance (the gradient is taken w.r.t. "
             "x̂₀ and would be amplified by (1-ᾱ_t)/√ᾱ_t at high noise); use diffusion.sampler=ddpm "
             "or guidance.classifier.through_denoiser=true"
         )
+    if getattr(guidance, "adds_variance", False):
+        raise ValueError(
+            "diffusion.sampler=ddim cannot apply a schedule that adds to the DDPM step's "
+            "variance (guidance.schedule=elucd); use diffusion.sampler=ddpm"
+        )
+
+
+def step_variance(variance: Tensor) -> Tensor:
+    """One variance per sample: its first element (EluCD reads one element of the batch)."""
+    return variance.reshape(variance.shape[0], -1)[:, 0]
 
 
 def _checked_gradient(guidance: Callable, x_t: Tensor, pred_x0: Tensor, t_model: Tensor) -> Tensor:
@@ -83,16 +105,37 @@ def ddpm_step(
     *,
     guidance: GuidanceFn | Callable | None = None,
     clip_denoised: bool = True,
+    variance_max: Tensor | None = None,
 ) -> StepOutput:
-    """x_{t−1} = μ̃ + σ_t z, with μ̃ = μ + Σ_t · s·g (ADM's ``condition_mean``); no noise at t=0."""
+    """x_{t−1} = μ̃ + σ_t z with μ̃ = μ + (Σ_t + a_i)·s·g; no noise at t = 0.
+
+    With a_i = 0 (every schedule but EluCD's) this is ADM's ``condition_mean``, bit for bit.
+    ``t`` is the respaced step index i of this chain (N = ``diffusion.num_timesteps`` steps);
+    ``variance_max`` is the running maximum of Σ_t per sample before this step (``None`` at the
+    chain's start); the updated one is returned in the output for the next step.
+    """
     out = diffusion.p_mean_variance(model_output, x_t, t, clip_denoised=clip_denoised)
-    mean, grad = out.mean, None
+    mean, grad, running_max = out.mean, None, None
     if guidance is not None:
         grad = _checked_gradient(guidance, x_t, out.pred_x0, diffusion.model_timesteps(t))
-        mean = mean + out.variance * grad
+        current = step_variance(out.variance)
+        running_max = current if variance_max is None else torch.maximum(variance_max, current)
+        extra = _extra_variance(guidance, t, diffusion.num_timesteps, running_max)
+        if extra is None:
+            mean = mean + out.variance * grad
+        else:
+            extra = extra.to(out.variance.dtype).reshape(-1, *([1] * (x_t.dim() - 1)))
+            mean = mean + (out.variance + extra) * grad
     nonzero = (t != 0).to(x_t.dtype).reshape(-1, *([1] * (x_t.dim() - 1)))
     sample = mean + nonzero * torch.exp(0.5 * out.log_variance) * noise
-    return StepOutput(sample, out.pred_x0, mean, out.log_variance, grad)
+    return StepOutput(sample, out.pred_x0, mean, out.log_variance, grad, running_max)
+
+
+def _extra_variance(
+    guidance: Callable, index: Tensor, num_steps: int, variance_max: Tensor
+) -> Tensor | None:
+    extra_fn = getattr(guidance, "extra_variance", None)
+    return None if extra_fn is None else extra_fn(index, num_steps, variance_max)
 
 
 def condition_score(
@@ -167,7 +210,7 @@ def sample_loop(
     if sampler not in SAMPLERS:
         raise ValueError(f"diffusion.sampler must be one of {list(SAMPLERS)}, got {sampler!r}")
     check_sampler_supports(guidance, sampler)
-    x = x_T
+    x, variance_max = x_T, None
     indices = range(diffusion.num_timesteps - 1, -1, -1)
     if progress:
         from tqdm.auto import tqdm
@@ -180,8 +223,16 @@ def sample_loop(
         noise = noise_fn(i, x) if noise_fn is not None else torch.randn_like(x)
         if sampler == "ddpm":
             step = ddpm_step(
-                diffusion, model_output, x, t, noise, guidance=guidance, clip_denoised=clip_denoised
+                diffusion,
+                model_output,
+                x,
+                t,
+                noise,
+                guidance=guidance,
+                clip_denoised=clip_denoised,
+                variance_max=variance_max,
             )
+            variance_max = step.variance_max
         else:
             step = ddim_step(
                 diffusion,

@@ -4,10 +4,12 @@ classifier wrapper and the sampler hook that ties them together."""
 from calguide.guidance.classifier import IMAGENET_MEAN, IMAGENET_STD, GuidanceClassifier
 from calguide.guidance.divergences import (
     DIVERGENCES,
+    FDivergence,
     divergence,
     divergence_names,
     f_divergence,
     label_smoothed_target,
+    log_label_smoothed_target,
     register_divergence,
     unregister_divergence,
 )
@@ -16,7 +18,6 @@ from calguide.guidance.schedules import SCHEDULES, build_schedule
 from calguide.guidance.strategies import (
     STRATEGIES,
     DivergenceGuidance,
-    EluCD,
     Entropy,
     GuidanceStrategy,
     NoGuidance,
@@ -24,6 +25,7 @@ from calguide.guidance.strategies import (
     Vanilla,
     build_strategy,
     entropy,
+    guided_score,
     strategy_names,
     target_log_prob,
     unregister_strategy,
@@ -37,8 +39,8 @@ __all__ = [
     "STRATEGIES",
     "ClassifierGuidance",
     "DivergenceGuidance",
-    "EluCD",
     "Entropy",
+    "FDivergence",
     "GuidanceClassifier",
     "GuidanceDiagnostics",
     "GuidanceStrategy",
@@ -51,7 +53,9 @@ __all__ = [
     "divergence_names",
     "entropy",
     "f_divergence",
+    "guided_score",
     "label_smoothed_target",
+    "log_label_smoothed_target",
     "make_guidance",
     "register_divergence",
     "strategy_names",

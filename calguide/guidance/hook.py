@@ -119,6 +119,7 @@ class ClassifierGuidance:
         self.space: Literal["x_t", "x0"] = (
             "x0" if classifier.input_mode == "x0" and not classifier.through_denoiser else "x_t"
         )
+        self.adds_variance: bool = bool(getattr(schedule, "additive", False))
 
     def bind(self, labels: Tensor) -> ClassifierGuidance:
         """Target labels for the next calls (one per sample); returns self."""
@@ -155,7 +156,7 @@ class ClassifierGuidance:
             t = _usable(t_model).to(x_t.device)
             with self._autocast(x_t.device):
                 x, logits = self._logits(x_t, pred_x0, t)
-            logits = logits.float()
+            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
             objective = self.strategy.objective(logits, labels, t, self.num_timesteps)
             (grad,) = torch.autograd.grad(objective.sum(), x)
         grad = grad.detach().to(x_t.dtype)
@@ -164,6 +165,10 @@ class ClassifierGuidance:
         if self.record_diagnostics:
             self._record(t, grad, logits.detach(), labels, scale)
         return scale * grad
+
+    def extra_variance(self, index: Tensor, num_steps: int, variance_max: Tensor) -> Tensor | None:
+        """The schedule's additive a_i for the DDPM mean shift (``None`` for most schedules)."""
+        return self.schedule.extra_variance(index, num_steps, variance_max)
 
     def _autocast(self, device: torch.device):
         if self.amp_dtype is None or device.type != "cuda":

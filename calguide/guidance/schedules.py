@@ -1,25 +1,31 @@
-"""Guidance-scale schedules s(t) on base-chain timesteps t ∈ [0, T).
+"""Guidance-scale schedules: how strong the guidance is at each step of the chain.
 
-Every schedule is ``scale × factor(t)``, with ``factor`` a dimensionless shape, and returns one
-value per sample (shape (B,)). The sampler multiplies s(t)·g by Σ_t (DDPM) or √(1−ᾱ_t) (DDIM),
-so a schedule only reshapes the strength over the chain. Sampling runs from t = T−1 (pure
-noise) down to t = 0.
+The DDPM mean shift is μ + (Σ_t + a_i)·s(t)·g (DESIGN §6; ADM's ``condition_mean`` when
+a_i = 0). A schedule supplies both parts:
 
-* ``constant``: factor 1.
-* ``linear``: factor goes linearly from ``start`` at t = T−1 to ``end`` at t = 0, i.e.
-  end + (start − end)·t/(T−1). The defaults (start 1, end 0) give s·t/(T−1) ≈ s·t/T.
-* ``sin``: factor 1 + γ·sin(π t/T), a bump of relative height γ in the middle of the chain.
-  This is the multiplicative form of EluCD's schedule. EluCD adds γ·sin(πt/T)·max Σ to the
-  variance Σ_t that scales the gradient, i.e. factor 1 + γ·sin(πt/T)·max Σ / Σ_t, which needs
-  the diffusion's variances; that variant is not what ``sin`` computes.
+* ``scale(t, T)``: s(t) per sample, on base-chain timesteps t ∈ [0, T);
+* ``extra_variance(index, num_steps, variance_max)``: the additive a_i, or ``None`` for none.
+  ``index`` is the respaced step index i (N−1 … 0), ``num_steps`` the respaced step count N and
+  ``variance_max`` the running maximum Σ_max of the model variance seen so far in the chain,
+  per sample (the sampler tracks it, see :func:`calguide.diffusion.sampling.ddpm_step`).
+
+Schedules:
+
+* ``constant``: s(t) = s, a = 0 — ADM-G, bit for bit.
+* ``linear``: s(t) goes linearly from s·start at t = T−1 to s·end at t = 0, a = 0.
+* ``elucd``: EluCD's schedule (PAPER.md §6): s(t) = s and a_i = max(sin(π·i/N)·Σ_max·γ, 0),
+  γ = 0.3 in EluCD's recipe. EluCD reads Σ_max from one pixel of the batch's first sample; here
+  each sample uses its own first element, so a sample does not depend on its batch (with
+  ADM's fixed or learned variances the two agree whenever the batch's samples agree there).
+* ``sin``: a multiplicative bump s(t) = s·(1 + γ·sin(π t/T)), a = 0. Not EluCD's schedule
+  (which adds to the variance); kept as its own shape.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor
@@ -27,17 +33,29 @@ from torch import Tensor
 __all__ = [
     "SCHEDULES",
     "ConstantSchedule",
+    "EluCDSchedule",
     "LinearSchedule",
     "Schedule",
     "SinSchedule",
     "build_schedule",
     "constant_factor",
+    "elucd_extra_variance",
     "linear_factor",
     "sin_factor",
 ]
 
-Schedule = Callable[[Tensor, int], Tensor]
-"""``(t, T) -> s(t)`` of shape (B,), for base-chain timesteps ``t``."""
+
+class Schedule(Protocol):
+    """s(t) per sample, and the additive variance a_i (``None``: none). ``additive`` says
+    whether a_i can be non-zero, i.e. whether the schedule needs the DDPM step's variance."""
+
+    additive: bool
+
+    def __call__(self, t: Tensor, num_timesteps: int) -> Tensor: ...
+
+    def extra_variance(
+        self, index: Tensor, num_steps: int, variance_max: Tensor
+    ) -> Tensor | None: ...
 
 
 def _check_t(t: Tensor, num_timesteps: int) -> Tensor:
@@ -62,6 +80,16 @@ def sin_factor(t: Tensor, num_timesteps: int, gamma: float = 1.0) -> Tensor:
     return 1.0 + gamma * torch.sin(math.pi * _check_t(t, num_timesteps) / num_timesteps)
 
 
+def elucd_extra_variance(
+    index: Tensor, num_steps: int, variance_max: Tensor, gamma: float = 0.3
+) -> Tensor:
+    """a_i = max(sin(π·i/N)·Σ_max·γ, 0): EluCD's additive variance at respaced step i of N."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    phase = torch.sin(math.pi * index.reshape(-1).to(variance_max.dtype) / num_steps)
+    return (phase * variance_max.reshape(-1) * gamma).clamp_min(0.0)
+
+
 def _check_finite(key: str, value: float) -> float:
     value = float(value)
     if not math.isfinite(value):
@@ -70,7 +98,17 @@ def _check_finite(key: str, value: float) -> float:
 
 
 @dataclass(frozen=True)
-class ConstantSchedule:
+class _Multiplicative:
+    """Base of the schedules that only reshape s(t) (no additive variance)."""
+
+    additive: ClassVar[bool] = False
+
+    def extra_variance(self, index: Tensor, num_steps: int, variance_max: Tensor) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class ConstantSchedule(_Multiplicative):
     scale: float
 
     def __call__(self, t: Tensor, num_timesteps: int) -> Tensor:
@@ -78,7 +116,7 @@ class ConstantSchedule:
 
 
 @dataclass(frozen=True)
-class LinearSchedule:
+class LinearSchedule(_Multiplicative):
     scale: float
     start: float = 1.0
     end: float = 0.0
@@ -88,7 +126,7 @@ class LinearSchedule:
 
 
 @dataclass(frozen=True)
-class SinSchedule:
+class SinSchedule(_Multiplicative):
     scale: float
     gamma: float = 1.0
 
@@ -96,9 +134,27 @@ class SinSchedule:
         return self.scale * sin_factor(t, num_timesteps, self.gamma)
 
 
+@dataclass(frozen=True)
+class EluCDSchedule:
+    additive: ClassVar[bool] = True
+    scale: float
+    gamma: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.gamma < 0:
+            raise ValueError(f"guidance.schedule_params.gamma must be >= 0, got {self.gamma!r}")
+
+    def __call__(self, t: Tensor, num_timesteps: int) -> Tensor:
+        return self.scale * constant_factor(t, num_timesteps)
+
+    def extra_variance(self, index: Tensor, num_steps: int, variance_max: Tensor) -> Tensor:
+        return elucd_extra_variance(index, num_steps, variance_max, self.gamma)
+
+
 SCHEDULES: dict[str, type] = {
     "constant": ConstantSchedule,
     "linear": LinearSchedule,
+    "elucd": EluCDSchedule,
     "sin": SinSchedule,
 }
 
@@ -108,11 +164,11 @@ def build_schedule(name: str, scale: float, **params: Any) -> Schedule:
     if name not in SCHEDULES:
         raise ValueError(f"unknown guidance schedule {name!r}; choose one of {list(SCHEDULES)}")
     cls = SCHEDULES[name]
-    allowed = [f for f in cls.__dataclass_fields__ if f != "scale"]
+    allowed = [f.name for f in fields(cls) if f.name != "scale"]
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         raise ValueError(
             f"guidance schedule {name!r} got unknown parameter(s) {unknown}; allowed: {allowed}"
         )
-    checked = {k: _check_finite(f"schedule.{k}", v) for k, v in params.items()}
+    checked = {k: _check_finite(f"schedule_params.{k}", v) for k, v in params.items()}
     return cls(_check_finite("scale", scale), **checked)

@@ -13,13 +13,14 @@ from calguide.io import atomic_path
 
 
 def to_uint8(images: Tensor) -> Tensor:
-    """[-1, 1] float images (N×C×H×W) → uint8 N×H×W×C, rounded as ADM does."""
+    """[-1, 1] float images (N×C×H×W) → uint8 N×H×W×C, truncated as ADM and EluCD do.
+
+    ``((x + 1)·127.5).clamp(0, 255).to(uint8)`` truncates towards zero: that is how the
+    published ImageNet samples (and so their FID / precision / recall) were quantised, so
+    rounding would shift every pixel by up to one level against the numbers we compare with.
+    """
     return (
-        ((images.detach().float() + 1.0) * 127.5)
-        .clamp(0, 255)
-        .round()
-        .to(torch.uint8)
-        .permute(0, 2, 3, 1)
+        ((images.detach().float() + 1.0) * 127.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
     )
 
 

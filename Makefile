@@ -95,14 +95,14 @@ $(CLF_CE): $(CLF_CLEAN) $(DENOISER)
 	$(BIN)/calguide-calibrate $(COMMON) calibration=ce
 
 .PHONY: calibrate
-calibrate: $(CLF_SMECE) $(CLF_CE) ## fine-tune the digits classifier on x̂₀: CE + λ·smECE vs CE only
+calibrate: $(CLF_SMECE) $(CLF_CE) ## fine-tune the digits classifier on x̂₀: CE + λ·Smooth ECE (the paper's loss) vs CE only
 	@echo; echo "Calibration of the digits classifier on x̂₀ (held-out, fixed noise):"
 	@$(BIN)/python -m calguide.calibration.report \
 		$(CLF_DIR)/digits_resnet-x0-ce-s0/calibration.json \
 		$(CLF_DIR)/digits_resnet-x0-smece-s0/calibration.json
 
 .PHONY: sample
-sample: $(CLF_SMECE) $(CLF_EVAL) ## guided digits samples per strategy (smECE-calibrated classifier) + metrics
+sample: $(CLF_SMECE) $(CLF_EVAL) ## guided digits samples per strategy (Smooth-ECE-calibrated classifier) + metrics
 	@echo; echo "Calibration of the guidance classifier on x̂₀ (held-out, fixed noise; before → after):"
 	@$(BIN)/python -m calguide.calibration.report $(CLF_DIR)/digits_resnet-x0-smece-s0/calibration.json
 	$(BIN)/calguide-sample --multirun $(COMMON) guidance=$(STRATEGIES) guidance.scale=$(SCALE) \
@@ -112,7 +112,7 @@ sample: $(CLF_SMECE) $(CLF_EVAL) ## guided digits samples per strategy (smECE-ca
 
 .PHONY: run
 run: sample ## the embedded default end to end: denoiser, classifiers, calibration, guided samples
-	@echo; echo "Guided digits samples, smECE-calibrated classifier, scale $(SCALE) (domain metrics):"
+	@echo; echo "Guided digits samples, Smooth-ECE-calibrated classifier, scale $(SCALE) (domain metrics):"
 	@$(BIN)/python experiments/aggregate.py $(RUNLOGS)/sample --out $(RUNLOGS) \
 		--rows guidance.name,guidance.scale --title "make run: digits, scale $(SCALE)"
 	@echo; echo "denoiser grid : $(A)/digits/unet_tiny/samples.png"
@@ -135,7 +135,7 @@ reproduce-table-digits-baselines: $(DENOISER) $(DENOISER_UNCOND) $(CLF_NOISY) $(
 	$(call run_table,digits_baselines)
 
 .PHONY: reproduce-table-digits-calibration
-reproduce-table-digits-calibration: $(DENOISER) $(DENOISER_UNCOND) $(CLF_NOISY_SMECE) $(CLF_EVAL) ## digits: ADM-G before vs after smECE
+reproduce-table-digits-calibration: $(DENOISER) $(DENOISER_UNCOND) $(CLF_NOISY_SMECE) $(CLF_EVAL) ## digits: ADM-G before vs after Smooth ECE fine-tuning
 	$(call run_table,digits_calibration)
 
 .PHONY: reproduce-table-digits-strategies

@@ -1,4 +1,4 @@
-"""calguide-calibrate: train, fine-tune (CE or CE + λ·smECE) or temperature-scale a classifier."""
+"""calguide-calibrate: train, fine-tune (CE or CE + λ·Smooth ECE) or temperature-scale."""
 
 from __future__ import annotations
 

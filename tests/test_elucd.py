@@ -114,3 +114,26 @@ def test_constant_schedule_keeps_adm_g_bit_for_bit() -> None:
     out = diffusion.p_mean_variance(output, x, t)
     want = out.mean + out.variance * grad
     assert torch.equal(step.mean, want)
+
+
+def test_sample_loop_carries_the_running_variance_maximum() -> None:
+    """Σ_max is the maximum over the chain so far (the first step's, for ADM's variances that
+    fall along the chain), not the current step's variance."""
+    from calguide.diffusion import sample_loop
+    from calguide.guidance import GuidanceClassifier, build_schedule, build_strategy, make_guidance
+
+    diffusion = GaussianDiffusion.from_config(steps=1000, respacing="10")
+    torch.manual_seed(0)
+    clf = GuidanceClassifier(nn.Sequential(nn.Flatten(), nn.Linear(16, 3)))
+    hook = make_guidance(clf, build_strategy("vanilla"), build_schedule("elucd", 1.0), 1000)
+    hook.bind(torch.tensor([0, 2]))
+    seen: list[torch.Tensor] = []
+
+    def record(i, x_t, step) -> None:
+        seen.append(step.variance_max)
+
+    x_T = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+    sample_loop(diffusion, lambda x, t: torch.zeros_like(x), x_T, guidance=hook, callback=record)
+    first = diffusion.p_mean_variance(torch.zeros_like(x_T), x_T, torch.full((2,), 9)).variance
+    for variance_max in seen:
+        torch.testing.assert_close(variance_max, first.reshape(2, -1)[:, 0])

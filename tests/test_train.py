@@ -151,6 +151,13 @@ def test_grid_layout_and_uint8_conversion(tmp_path):
     assert Image.open(path).size == (2 * 10, 2 * 7)
 
 
+def test_uint8_truncates_as_adm_and_elucd():
+    """((x + 1)·127.5).clamp(0, 255).to(uint8): 127.9 → 127, not 128 (the published protocol)."""
+    x = torch.tensor([127.9, 0.6, 254.99, 255.0, -3.0, 300.0]) / 127.5 - 1.0
+    got = to_uint8(x.view(1, 1, 1, -1))[0, 0, :, 0]
+    assert got.tolist() == [127, 0, 254, 255, 0, 255]
+
+
 def test_ema_decay_warms_up_so_the_random_init_fades():
     assert ema_decay_at(0, 0.999) == 0.1
     assert ema_decay_at(90, 0.999) == 91 / 100

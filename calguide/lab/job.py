@@ -2,7 +2,8 @@
 
 Samples come from the same :class:`SamplingModule` and guidance hook as images, with the
 mixture's exact ε as the denoiser. Classifiers: the exact posterior at temperature τ_c (τ_c < 1
-is overconfident) and small MLPs trained by :class:`ClassifierModule` with CE or CE + λ·smECE.
+is overconfident) and small MLPs trained by :class:`ClassifierModule` with CE or CE + λ·Smooth ECE
+(the paper's Huber-style loss).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Aggregate sampling sweeps into one table: mean ± std over seeds, next to published numbers.
 
     python experiments/aggregate.py logs/tables/digits_strategies      # cond/ and uncond/ below
-    python experiments/aggregate.py logs/sample/multiruns/<date> --table imagenet128_baselines \\
+    python experiments/aggregate.py logs/sample/multiruns/<date> --table imagenet128_main \\
         --rows guidance.name,guidance.scale,classifier.name --metrics fid,precision,recall
 
 Reads every ``sampling.json`` below the given folders (searched recursively, so a folder of

@@ -1,6 +1,6 @@
 """Before a table runs: expand its sweep, list every input file, stop if any is missing.
 
-    python experiments/preflight.py imagenet128_baselines [overrides ...]
+    python experiments/preflight.py imagenet128_main [overrides ...]
 
 Composes ``calguide-sample`` with ``experiment=<name>`` for every combination of the
 experiment's ``hydra.sweeper.params`` (as Hydra's basic sweeper would), prints the command that

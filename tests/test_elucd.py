@@ -1,10 +1,11 @@
-"""EluCD as calguide composes it (``row=elucd_resnet50``) equals EluCD's released ``p_sample``.
+"""EluCD as calguide composes it (``row=elucd_resnet50``) equals EluCD's ``p_sample`` step.
 
 The reference below is EluCD's guided DDPM step written out from its description (PAPER.md §6):
 a torchvision ResNet with every ReLU (stem and bottlenecks) replaced by Softplus(β = 3), fed the
 clipped x̂₀ as it is; g = ∇_{x̂₀}[τ1·f_y − log Σ exp(τ2·f)] times the scale; the guided mean
 μ + (Σ_t + a_i)·g with a_i = max(sin(π·i/N)·Σ_max·γ, 0) and Σ_max the running maximum of the
-model variance (one element per sample). Random weights, fixed model outputs.
+model variance (one element per sample, where EluCD reads one element of the batch's first
+sample: the batch-independent reading). Random weights, fixed model outputs.
 """
 
 from __future__ import annotations

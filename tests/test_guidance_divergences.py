@@ -151,6 +151,11 @@ def test_one_hot_target(p) -> None:
     js = jensenshannon(q.numpy(), p.numpy(), axis=-1) ** 2
     torch.testing.assert_close(divergence("js")(log_q, p.log()), torch.from_numpy(js))
     assert bool(torch.isinf(divergence("fkl")(log_q, p.log())).all())
+    # Infinite, but with no NaN in the graph (a masked 0·∞ would put one there).
+    lp = p.log().requires_grad_(True)
+    for name in ("fkl", "chi2"):
+        (grad,) = torch.autograd.grad(divergence(name)(log_q, lp).sum(), lp)
+        assert bool(torch.isfinite(grad).all()), name
 
 
 def test_label_smoothed_target_is_the_papers() -> None:

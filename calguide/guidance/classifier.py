@@ -53,7 +53,8 @@ class GuidanceClassifier(nn.Module):
 
     ``normalization`` (``x0`` mode only): ``identity`` feeds x̂₀ in [−1, 1] unchanged (classifiers
     trained on the diffusion's data scale, as the project's own are); ``unit`` maps to [0, 1];
-    ``imagenet`` maps to [0, 1] then uses ImageNet mean/std (torchvision ResNets); ``custom``
+    ``imagenet`` maps to [0, 1] then uses ImageNet mean/std (an option for torchvision ResNets,
+    whose EluCD convention is ``identity``); ``custom``
     maps to [0, 1] then uses the given ``mean``/``std``. ``input_size`` resizes x̂₀ (int or
     (H, W)). ``softplus_beta`` swaps every ReLU for Softplus(β) in place (smoother gradients).
     """

@@ -77,7 +77,11 @@ class FDivergence:
         if bool(support.all()):
             return inside
         p = log_p.exp()
-        outside = torch.where(support | (p == 0), torch.zeros_like(p), p * self.slope_at_infinity)
+        off_support = ~support & (p > 0)
+        if math.isinf(self.slope_at_infinity):  # D = +∞, a constant: no graph (0·∞ is NaN)
+            outside = torch.where(off_support, math.inf, 0.0).to(p.dtype)
+        else:
+            outside = torch.where(off_support, p * self.slope_at_infinity, torch.zeros_like(p))
         return inside + outside.sum(dim=-1)
 
 

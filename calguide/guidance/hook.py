@@ -4,7 +4,10 @@ The sampler calls ``guidance(x_t, pred_x0, t_model)`` under ``no_grad`` (or Ligh
 ``inference_mode``) and expects the already-scaled gradient with x_t's shape; it checks
 finiteness and applies it (see :mod:`calguide.diffusion.sampling`). ``space`` tells it whether
 g is w.r.t. x̂₀ (``x0``: off-the-shelf classifier on x̂₀, DDPM only) or x_t (``x_t``: noisy
-classifier, or x0-mode gradients back-propagated through the denoiser).
+classifier, or x0-mode gradients back-propagated through the denoiser). The DDPM step also
+asks :meth:`ClassifierGuidance.extra_variance` for the schedule's additive a_i (EluCD's
+schedule; ``None`` for the others), handing it the step index and the chain's running maximum
+of the model variance, so the mean shift is μ + (Σ_t + a_i)·s(t)·g.
 """
 
 from __future__ import annotations

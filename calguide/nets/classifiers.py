@@ -1,9 +1,10 @@
 """One calling convention for every classifier: ``Classifier(x, t)`` on ADM-range images.
 
-Networks differ in what they expect (torchvision ResNets: ImageNet-normalised [0,1] images at
-their own resolution; ADM's EncoderUNet: [-1,1] images plus the timestep). ``Classifier`` owns
-that adaptation once, so the calibration module, the guidance wrapper and the metrics all feed
-it the same [-1, 1] tensors. Its ``net`` keeps the published state-dict layout.
+Networks differ in what they expect (torchvision ResNets: [-1, 1] x̂₀ at its own resolution in
+EluCD's convention, or ImageNet-normalised [0, 1] images at 224×224 with ``normalize=imagenet``;
+ADM's EncoderUNet: [-1, 1] images plus the timestep). ``Classifier`` owns that adaptation once,
+so the calibration module, the guidance wrapper and the metrics all feed it the same [-1, 1]
+tensors. Its ``net`` keeps the published state-dict layout.
 """
 
 from __future__ import annotations

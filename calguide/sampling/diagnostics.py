@@ -61,7 +61,9 @@ def plot_diagnostics(
         if key == "grad_norm":
             axis.set_yscale("log")
         axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="best")
+    # On the p_y panel, whose lower left stays empty (p_y ≈ 1 at low noise): on the gradient
+    # panel the legend hid curves.
+    axes[1 if len(axes) > 1 else 0].legend(fontsize=7, loc="lower left")
     if title:
         figure.suptitle(title)
     figure.tight_layout()

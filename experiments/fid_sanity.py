@@ -18,8 +18,8 @@ from hydra import compose, initialize_config_dir
 
 from calguide.config import conf_dir
 from calguide.data import digits_split
+from calguide.metrics.reference import to_uint8_nhwc
 from calguide.metrics.setup import evaluate_samples, metrics_callback
-from calguide.sampling.grid import to_uint8
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
     train = digits_split(cfg.data.image_size, cfg.data.heldout_fraction, cfg.data.split_seed)[
         "train"
     ]
-    train_images = to_uint8(train.tensors[0]).numpy()
+    train_images = to_uint8_nhwc(train.tensors[0]).numpy()  # data: the exact (rounding) inverse
     train_labels = train.tensors[1].numpy()
     with np.load(args.samples) as npz:
         sample_images, sample_labels = npz["arr_0"], npz["arr_1"]

@@ -133,6 +133,7 @@ class Pair:
                 OmegaConf.to_container(clf.params, resolve=True),
                 normalize=clf.normalize,
                 input_size=clf.input_size,
+                softplus_beta=clf.softplus_beta,  # EluCD's Softplus(β) for the ImageNet ResNets
             )
             .to(device)
             .eval()

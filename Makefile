@@ -180,6 +180,21 @@ distclean: clean clean-artifacts ## also remove the virtual environment
 lab: $(STAMP) ## Gaussian-mixture lab: every strategy vs the exact target (< 1 min; logs/lab/…)
 	$(BIN)/calguide-lab paths.log_dir=$(abspath logs)
 
+# ---------------------------------------------------------------------------- the GPU check
+# A lent accelerator's image has torch, lightning and torchmetrics but not these pure-Python
+# packages: `make gpu-wheels` builds them (pinned) into .whl/, which the device command carries.
+GPU_OUT ?= gpu-check
+GPU_WHEELS := antlr4-python3-runtime hydra-core omegaconf torch_fidelity
+.PHONY: gpu-check gpu-wheels
+gpu-check: ## the prepared GPU check (needs CUDA; README "GPU check"): ADM-128 steps, fast paths, metrics -> $(GPU_OUT)/
+	@$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) experiments/gpu_check.py --out $(GPU_OUT)
+
+gpu-wheels: $(STAMP) ## build the wheels the GPU machine lacks into .whl/ (versions from constraints.txt)
+	rm -rf .whl
+	$(BIN)/python -m pip wheel --quiet --disable-pip-version-check --no-deps -w .whl \
+		$(foreach p,$(GPU_WHEELS),$(shell grep -i '^$(p)==' constraints.txt))
+	@ls .whl
+
 .PHONY: bench
 bench: $(STAMP) ## guided-step cost per strategy vs the floor (digits pair; writes bench/*.json, *.md)
 	$(BIN)/python experiments/bench.py --pair digits --batch 50 --out bench

@@ -25,8 +25,15 @@ class ConfigError(ValueError):
 
 
 def conf_dir() -> Path:
-    """The config tree: ``conf/`` of a checkout, or ``calguide/conf`` inside an installed wheel."""
-    return Path(str(resources.files("calguide.conf")))
+    """The config tree: ``conf/`` of a checkout, or ``calguide/conf`` inside an installed wheel.
+
+    A checkout that is only on ``PYTHONPATH`` (not installed, as on a lent GPU machine) has no
+    ``calguide.conf`` package; its ``conf/`` beside the package is the same tree.
+    """
+    try:
+        return Path(str(resources.files("calguide.conf")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[1] / "conf"
 
 
 def _choice(key: str, value: Any, options: tuple | list) -> None:

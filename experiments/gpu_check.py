@@ -83,6 +83,27 @@ def unzero_(module, std: float = 0.02, seed: int = 0) -> int:
     return filled
 
 
+def setting_module(pair, switches: dict[str, Any], chain):
+    """A SamplingModule for one setting, vanilla-guided, on fresh copies of the pair's nets
+    (channels_last converts nets in place; ADM's fp16 flag converts the UNet's torso)."""
+    import copy
+
+    from calguide.sampling.module import SamplingModule
+
+    unet = copy.deepcopy(pair.unet)
+    if switches.get("adm_fp16"):
+        unet.convert_to_fp16()
+    return SamplingModule(
+        unet,
+        chain,
+        sample_shape=pair.shape,
+        class_cond=bool(pair.flags.get("class_cond")),
+        guidance=pair.guidance("vanilla", copy.deepcopy(pair.classifier)),
+        progress=False,
+        **sampling_switches(switches),
+    ).to(pair.device)
+
+
 def cuda_ready() -> bool:
     try:
         import torch
@@ -189,30 +210,16 @@ def step_variant(pair, label: str, switches: dict[str, Any], repeats: int, warmu
     One SamplingModule per setting (so ``compile`` compiles once) on fresh copies of the nets
     (channels_last converts them in place); the JS hook shares the vanilla hook's classifier.
     """
-    import copy
 
     import torch
     from bench import interleaved_medians, timed_call
 
     from calguide.diffusion import ddpm_step
     from calguide.guidance import ClassifierGuidance, build_schedule, build_strategy
-    from calguide.sampling.module import SamplingModule
 
     sampling = sampling_switches(switches)
-    unet = copy.deepcopy(pair.unet)
-    if switches.get("adm_fp16"):
-        unet.convert_to_fp16()
-    classifier = copy.deepcopy(pair.classifier)
-    vanilla = pair.guidance("vanilla", classifier)
-    module = SamplingModule(
-        unet,
-        pair.chain,
-        sample_shape=pair.shape,
-        class_cond=bool(pair.flags.get("class_cond")),
-        guidance=vanilla,
-        progress=False,
-        **sampling,
-    ).to(pair.device)
+    module = setting_module(pair, switches, pair.chain)
+    vanilla = module.guidance
     js = ClassifierGuidance(
         vanilla.classifier, build_strategy("js"), build_schedule("constant", 1.0), 1000
     )
@@ -323,12 +330,10 @@ def steps_section(
 
 def e2e_section(pair, samples: int, steps: int, fast: str) -> dict[str, Any]:
     """The same seeded samples, all ``steps`` respaced steps, in fp32 and in ``fast``."""
-    import copy
 
     import torch
 
     from calguide.diffusion import GaussianDiffusion
-    from calguide.sampling.module import SamplingModule
 
     chain = GaussianDiffusion.from_config(learn_sigma=True, respacing=str(steps))
     batch = {
@@ -339,20 +344,7 @@ def e2e_section(pair, samples: int, steps: int, fast: str) -> dict[str, Any]:
     images: dict[str, torch.Tensor] = {}
     for label in dict.fromkeys(("fp32 eager", fast)):
         switches = VARIANTS[label]
-        sampling = sampling_switches(switches)
-        classifier = copy.deepcopy(pair.classifier)
-        unet = copy.deepcopy(pair.unet)
-        if switches.get("adm_fp16"):
-            unet.convert_to_fp16()
-        module = SamplingModule(
-            unet,
-            chain,
-            sample_shape=pair.shape,
-            class_cond=bool(pair.flags.get("class_cond")),
-            guidance=pair.guidance("vanilla", classifier),
-            progress=False,
-            **sampling,
-        ).to(pair.device)
+        module = setting_module(pair, switches, chain)
         _peak_reset(pair.device)
         with tf32(bool(switches.get("tf32"))):
             _sync(pair.device)

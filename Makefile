@@ -97,14 +97,14 @@ $(CLF_CE): $(CLF_CLEAN) $(DENOISER)
 .PHONY: calibrate
 calibrate: $(CLF_SMECE) $(CLF_CE) ## fine-tune the digits classifier on x̂₀: CE + λ·Smooth ECE (the paper's loss) vs CE only
 	@echo; echo "Calibration of the digits classifier on x̂₀ (held-out, fixed noise):"
-	@$(BIN)/python -m calguide.calibration.report \
+	@$(BIN)/calguide-calibration-report \
 		$(CLF_DIR)/digits_resnet-x0-ce-s0/calibration.json \
 		$(CLF_DIR)/digits_resnet-x0-smece-s0/calibration.json
 
 .PHONY: sample
 sample: $(CLF_SMECE) $(CLF_EVAL) ## guided digits samples per strategy (Smooth-ECE-calibrated classifier) + metrics
 	@echo; echo "Calibration of the guidance classifier on x̂₀ (held-out, fixed noise; before → after):"
-	@$(BIN)/python -m calguide.calibration.report $(CLF_DIR)/digits_resnet-x0-smece-s0/calibration.json
+	@$(BIN)/calguide-calibration-report $(CLF_DIR)/digits_resnet-x0-smece-s0/calibration.json
 	$(BIN)/calguide-sample --multirun $(COMMON) guidance=$(STRATEGIES) guidance.scale=$(SCALE) \
 		hydra.sweep.dir=$(RUNLOGS)/sample
 	$(BIN)/python experiments/diagnostics_figure.py $(RUNLOGS)/sample \
@@ -113,7 +113,7 @@ sample: $(CLF_SMECE) $(CLF_EVAL) ## guided digits samples per strategy (Smooth-E
 .PHONY: run
 run: sample ## the embedded default end to end: denoiser, classifiers, calibration, guided samples
 	@echo; echo "Guided digits samples, Smooth-ECE-calibrated classifier, scale $(SCALE) (domain metrics):"
-	@$(BIN)/python experiments/aggregate.py $(RUNLOGS)/sample --out $(RUNLOGS) \
+	@$(BIN)/calguide-aggregate $(RUNLOGS)/sample --out $(RUNLOGS) \
 		--rows guidance.name,guidance.scale --title "make run: digits, scale $(SCALE)"
 	@echo; echo "denoiser grid : $(A)/digits/unet_tiny/samples.png"
 	@echo "sample grids  :"; ls $(A)/digits/samples/*/grid.png | sed 's/^/  /'
@@ -124,10 +124,10 @@ run: sample ## the embedded default end to end: denoiser, classifiers, calibrati
 # aggregate it (table.md, table.csv, runs.csv, plots). Finished samples are reused from
 # artifacts/, so a rerun only recomputes what changed.
 define run_table
-	@$(BIN)/python experiments/preflight.py $(1) $(COMMON)
+	@$(BIN)/calguide-preflight $(1) $(COMMON)
 	rm -rf $(TABLES)/$(1)
 	$(BIN)/calguide-sample --multirun $(COMMON) experiment=$(1) $(TABLE_ARGS)
-	$(BIN)/python experiments/aggregate.py $(TABLES)/$(1)
+	$(BIN)/calguide-aggregate $(TABLES)/$(1)
 endef
 
 .PHONY: reproduce-table-digits-baselines
@@ -149,7 +149,7 @@ reproduce-table-digits-scale-sweep: $(DENOISER) $(CLF_SMECE) $(CLF_EVAL) ## digi
 .PHONY: sweep
 sweep: reproduce-table-digits-scale-sweep ## the divergence × guidance-scale sweep on digits (+ FID-vs-scale plot)
 
-# ImageNet 128: the paper's tables (PAPER.md §7, published numbers in experiments/published.yaml).
+# ImageNet 128: the paper's tables (PAPER.md §7, published numbers in calguide/tools/published.yaml).
 # The preflight lists every missing official file and stops (exit 2) before any run.
 IMAGENET_TABLES := calibration sampling main alpha-eps-sweep scale-sweep
 .PHONY: $(addprefix reproduce-table-imagenet128-,$(IMAGENET_TABLES))

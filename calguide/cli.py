@@ -15,6 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from calguide.config import ConfigError, conf_dir, renamed_hint, validate
+from calguide.plugins import import_plugins
 
 FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
 # A word on what a group's options mean, added to the error for an option that does not exist.
@@ -57,9 +58,25 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], bool]:
     return overrides, multirun
 
 
-def check_group_overrides(overrides: Sequence[str], root: Path) -> None:
+def search_roots(overrides: Sequence[str]) -> list[Path]:
+    """calguide's ``conf/`` and every local folder of a ``hydra.searchpath=[file://...]``
+    override (where a plugin's YAML files live)."""
+    roots = [conf_dir()]
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key.lstrip("+") != "hydra.searchpath":
+            continue
+        for entry in value.strip("[]").split(","):
+            entry = entry.strip().strip("'\"")
+            if entry.startswith("file://"):
+                roots.append(Path(entry.removeprefix("file://")))
+    return roots
+
+
+def check_group_overrides(overrides: Sequence[str], root: Path | Sequence[Path]) -> None:
     """``data=nonexistent`` → a ConfigError listing the options that exist."""
-    groups = set(config_groups(root))
+    roots = [root] if isinstance(root, Path) else list(root)
+    groups = {g for r in roots for g in config_groups(r)}
     for override in overrides:
         if "=" not in override:
             continue
@@ -69,7 +86,7 @@ def check_group_overrides(overrides: Sequence[str], root: Path) -> None:
             continue
         if value.startswith(SWEEP_FUNCTIONS) or value in ("", "null"):
             continue
-        options = group_options(root, key)
+        options = sorted({o for r in roots for o in group_options(r, key)})
         for option in value.split(","):
             if option.strip() not in options:
                 raise ConfigError(
@@ -91,6 +108,7 @@ def compose_checked(config_name: str, overrides: Sequence[str]) -> DictConfig:
         with initialize_config_dir(str(conf_dir()), version_base="1.3"):
             cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
             HydraConfig().set_config(cfg)
+            import_plugins(cfg)
             validate(cfg)
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(explain_compose_error(err, config_name)) from None
@@ -147,7 +165,8 @@ def hydra_main(config_name: str) -> Callable[[Callable[[DictConfig], object]], C
     def decorate(task: Callable[[DictConfig], object]) -> Callable[[], None]:
         def checked_task(cfg: DictConfig) -> object:
             try:
-                validate(cfg)
+                import_plugins(cfg)
+                validate(cfg)  # the pre-flight's result when it checked this same config
                 return task(cfg)
             except ConfigError as err:
                 fail(str(err))
@@ -165,7 +184,7 @@ def hydra_main(config_name: str) -> Callable[[Callable[[DictConfig], object]], C
             help_asked = any(a in ("--help", "-h", "--hydra-help", "--info") for a in argv)
             if not help_asked:
                 try:
-                    check_group_overrides(overrides, conf_dir())
+                    check_group_overrides(overrides, search_roots(overrides))
                     if not multirun and "--cfg" not in argv and "-c" not in argv:
                         compose_checked(config_name, overrides)
                 except ConfigError as err:

@@ -16,8 +16,16 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from calguide.diffusion.sampling import SAMPLERS
+from calguide.calibration.module import INPUT_MODES
+from calguide.diffusion.samplers import build_sampler, sampler_names
 from calguide.diffusion.schedules import SCHEDULES, space_timesteps
+from calguide.metrics.features import EXTRACTOR_KINDS
+from calguide.metrics.reference import REFERENCE_SPLITS
+from calguide.metrics.registry import BUILTIN_METRICS, metric_names
+from calguide.nets.classifiers import ARCHITECTURES, NORMALIZATIONS
+from calguide.sampling.labels import LABEL_PROTOCOLS
+from calguide.sampling.module import NOISE_MODES
+from calguide.sampling.module import PRECISIONS as SAMPLING_PRECISIONS
 
 
 class ConfigError(ValueError):
@@ -53,9 +61,6 @@ def _in_range(key: str, value: float, low: float, high: float, *, high_open: boo
         raise ConfigError(f"{key}={value!r}: must be in [{low}, {high}{bracket}")
 
 
-LOADERS = ("digits", "cifar10", "image_folder", "npz")
-
-
 @dataclass
 class DataConfig:
     name: str
@@ -72,7 +77,9 @@ class DataConfig:
     download: bool = False
 
     def __post_init__(self) -> None:
-        _choice("data.loader", self.loader, LOADERS)
+        from calguide.data import dataset_names
+
+        _choice("data.loader", self.loader, dataset_names())
         _at_least("data.image_size", self.image_size, 8)
         _choice("data.channels", self.channels, (1, 3))
         _at_least("data.num_classes", self.num_classes, 1)
@@ -88,18 +95,27 @@ class DiffusionConfig:
     respacing: str = ""
     sampler: str = "ddpm"
     eta: float = 0.0
+    sampler_params: dict[str, Any] = field(default_factory=dict)
     clip_denoised: bool = True
     sigma_small: bool = False
 
     def __post_init__(self) -> None:
         _at_least("diffusion.steps", self.steps, 1)
         _choice("diffusion.schedule", self.schedule, SCHEDULES)
-        _choice("diffusion.sampler", self.sampler, SAMPLERS)
+        _choice("diffusion.sampler", self.sampler, sampler_names())
         _in_range("diffusion.eta", self.eta, 0.0, 1.0)
         try:
             space_timesteps(self.steps, self.respacing)
-        except ValueError as err:
+            self.sampler_impl = build_sampler(self.sampler, **self.sampler_knobs())
+        except (ValueError, TypeError) as err:
             raise ConfigError(str(err)) from None
+
+    def sampler_knobs(self) -> dict[str, Any]:
+        """``sampler_params``, plus ``eta`` for DDIM (its knob since before the registry)."""
+        knobs = dict(self.sampler_params)
+        if self.sampler == "ddim":
+            knobs.setdefault("eta", self.eta)
+        return knobs
 
 
 @dataclass
@@ -140,18 +156,6 @@ class SampleGridConfig:
         _in_range("sample_grid.per_class", self.per_class, 0, 64)
 
 
-CLASSIFIER_ARCHS = (
-    "small_resnet",
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "resnet101",
-    "resnet152",
-    "adm_classifier",
-    "noisy_mlp",
-)
-
-
 @dataclass
 class ClassifierConfig:
     name: str
@@ -163,8 +167,8 @@ class ClassifierConfig:
     checkpoint: str | None = None
 
     def __post_init__(self) -> None:
-        _choice("classifier.arch", self.arch, CLASSIFIER_ARCHS)
-        _choice("classifier.normalize", self.normalize, ("none", "imagenet"))
+        _choice("classifier.arch", self.arch, tuple(ARCHITECTURES))
+        _choice("classifier.normalize", self.normalize, NORMALIZATIONS)
         if self.input_size is not None:
             _at_least("classifier.input_size", self.input_size, 8)
         if self.softplus_beta is not None and self.softplus_beta <= 0:
@@ -192,9 +196,13 @@ class CalibrationConfig:
     sigma_min: float = 0.01
 
     def __post_init__(self) -> None:
-        from calguide.calibration.losses import CALIBRATION_LOSSES, check_smooth_ece_knobs
+        from calguide.calibration.losses import (
+            CALIBRATION_LOSSES,
+            CALIBRATION_METHODS,
+            check_smooth_ece_knobs,
+        )
 
-        _choice("calibration.method", self.method, ("gradient", "temperature"))
+        _choice("calibration.method", self.method, CALIBRATION_METHODS)
         _choice("calibration.loss", self.loss, CALIBRATION_LOSSES)
         if not (math.isfinite(self.weight) and self.weight >= 0):
             raise ConfigError(f"calibration.weight={self.weight!r}: must be a finite number >= 0")
@@ -221,7 +229,7 @@ class InputsConfig:
     denoiser_flags: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        _choice("inputs.mode", self.mode, ("clean", "noisy", "x0"))
+        _choice("inputs.mode", self.mode, INPUT_MODES)
         _at_least("inputs.t_min", self.t_min, 0)
         _at_least("inputs.t_max", self.t_max, self.t_min)
 
@@ -273,8 +281,9 @@ class GuidanceConfig:
         try:
             from calguide.guidance import build_schedule, build_strategy
 
-            build_strategy(self.name, **self.params)
-            build_schedule(self.schedule, self.scale, **self.schedule_params)
+            # Built once here; the assembly uses these objects (see calguide.assembly).
+            self.strategy_impl = build_strategy(self.name, **self.params)
+            self.schedule_impl = build_schedule(self.schedule, self.scale, **self.schedule_params)
         except (ValueError, TypeError) as err:
             raise ConfigError(f"guidance: {err}") from None
 
@@ -296,11 +305,11 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         _at_least("sampling.num_samples", self.num_samples, 1)
-        _choice("sampling.noise", self.noise, ("per_sample", "batch"))
+        _choice("sampling.noise", self.noise, NOISE_MODES)
         _at_least("sampling.batch_size", self.batch_size, 1)
-        _choice("sampling.labels", self.labels, ("random", "balanced", "fixed"))
+        _choice("sampling.labels", self.labels, LABEL_PROTOCOLS)
         _at_least("sampling.fixed_class", self.fixed_class, 0)
-        _choice("sampling.precision", self.precision, ("32", "bf16", "fp16"))
+        _choice("sampling.precision", self.precision, tuple(SAMPLING_PRECISIONS))
         _at_least("sampling.snapshot_count", self.snapshot_count, 0)
 
 
@@ -309,6 +318,7 @@ class MetricsConfig:
     kind: str = "none"
     evaluator: str | None = None
     reference: str = "heldout"
+    compute: list[str] = field(default_factory=lambda: list(BUILTIN_METRICS))
     cache_dir: str | None = None
     k: int = 3
     max_pr_samples: int | None = 50_000
@@ -317,14 +327,20 @@ class MetricsConfig:
     download: bool = False
 
     def __post_init__(self) -> None:
-        _choice("metrics.kind", self.kind, ("none", "domain", "inception"))
+        _choice("metrics.kind", self.kind, EXTRACTOR_KINDS)
         if self.kind == "none":
             return
+        if not self.compute:
+            raise ConfigError("metrics.compute: at least one metric is required")
+        for name in self.compute:
+            _choice("metrics.compute[]", name, metric_names())
+        if len(set(self.compute)) != len(self.compute):
+            raise ConfigError(f"metrics.compute={list(self.compute)}: a metric is listed twice")
         _in_range("metrics.k", self.k, 1, 100)
         _at_least("metrics.batch_size", self.batch_size, 1)
         if self.max_pr_samples is not None:
             _at_least("metrics.max_pr_samples", self.max_pr_samples, self.k + 1)
-        if self.reference not in ("heldout", "train") and not self.reference.endswith(".npz"):
+        if self.reference not in REFERENCE_SPLITS and not self.reference.endswith(".npz"):
             raise ConfigError(
                 f"metrics.reference={self.reference!r}: must be heldout, train or a .npz path"
             )
@@ -392,22 +408,53 @@ class LabConfig:
                 )
         if not self.runs:
             raise ConfigError("lab.runs: at least one run is required")
-        from calguide.guidance import build_schedule, build_strategy
+        self.run_guidance = [lab_run_guidance(i, run) for i, run in enumerate(self.runs)]
 
-        for i, run in enumerate(self.runs):
-            name = (run or {}).get("guidance")
-            if not name or not (conf_dir() / "guidance" / f"{name}.yaml").is_file():
-                options = sorted(p.stem for p in (conf_dir() / "guidance").glob("*.yaml"))
-                raise ConfigError(f"lab.runs[{i}].guidance={name!r}: one of {', '.join(options)}")
-            defaults = OmegaConf.to_container(
-                OmegaConf.load(conf_dir() / "guidance" / f"{name}.yaml")
-            )
-            spec = {**defaults, **{k: v for k, v in run.items() if k != "guidance"}}
-            try:
-                build_strategy(name, **spec.get("params", {}))
-                build_schedule(spec["schedule"], spec["scale"], **spec.get("schedule_params", {}))
-            except (ValueError, TypeError, KeyError) as err:
-                raise ConfigError(f"lab.runs[{i}]: {err}") from None
+
+def guidance_option(name: str) -> dict[str, Any]:
+    """``conf/guidance/<name>.yaml`` as Hydra composes it (its defaults list included), through
+    the config search path of the running application (or calguide's own ``conf/``)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+
+    def composed() -> dict[str, Any]:
+        cfg = compose(overrides=[f"+guidance={name}"])
+        return OmegaConf.to_container(cfg.guidance, resolve=True)  # type: ignore[return-value]
+
+    try:
+        if not name:
+            raise HydraException("no option")
+        if GlobalHydra.instance().is_initialized():
+            return composed()
+        with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+            return composed()
+    except HydraException:
+        options = sorted(p.stem for p in (conf_dir() / "guidance").glob("*.yaml"))
+        raise ConfigError(f"guidance={name!r}: one of {', '.join(options)}") from None
+
+
+def guidance_config(name: str, **overrides: Any) -> GuidanceConfig:
+    """The checked guidance section of ``guidance=<name>`` with ``overrides`` on top."""
+    merged = OmegaConf.merge(OmegaConf.structured(GuidanceConfig), guidance_option(name), overrides)
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def lab_run_guidance(index: int, run: Any) -> GuidanceConfig:
+    """One ``lab.runs`` entry as a checked guidance section: the strategy's own config group
+    option with the run's keys (scale, params, schedule, ...) on top."""
+    run = dict(run or {})
+    name = run.pop("guidance", None)
+    try:
+        guidance_option(str(name or ""))
+    except ConfigError as err:
+        raise ConfigError(f"lab.runs[{index}].{err}") from None
+    try:
+        return guidance_config(str(name), **run)
+    except ConfigError as err:
+        raise ConfigError(f"lab.runs[{index}]: {err}") from None
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"lab.runs[{index}]: {str(err).splitlines()[0]}") from None
 
 
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
@@ -511,10 +558,60 @@ def validated(cfg: DictConfig, key: str, schema: type | None = None) -> Any:
         raise ConfigError(_one_line(err, key)) from None
 
 
-def validate(cfg: DictConfig) -> None:
-    """Check every known section present in ``cfg``."""
+class Checked:
+    """The typed, checked sections of one job's config (``None`` for an absent section)."""
+
+    def __init__(self, sections: dict[str, Any]) -> None:
+        self._sections = sections
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("_"):
+            raise AttributeError(key)
+        return self._sections.get(key)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._sections
+
+
+_CHECKED: dict[str, Checked] = {}
+
+
+def _fingerprint(cfg: DictConfig) -> str:
+    """What the schemas read: the sections they check, resolved, plus the task."""
+    import json
+
+    keys = [k for k in (*SCHEMAS, "trainer") if k in cfg]
+    blob = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in keys}
+    blob["task_name"] = cfg.get("task_name")
+    return json.dumps(blob, sort_keys=True, default=str)
+
+
+def validate(cfg: DictConfig) -> Checked:
+    """Check every known section present in ``cfg``; return them typed.
+
+    Runs once per distinct config: the pre-flight check of a console script and the job it then
+    starts share the result (see :func:`checked`).
+    """
+    key = _fingerprint(cfg)
+    if key in _CHECKED:
+        return _CHECKED[key]
     overrides = TASK_SCHEMAS.get(str(cfg.get("task_name", "")), {})
-    for key, schema in {**SCHEMAS, **overrides}.items():
-        if key in cfg:
-            validated(cfg, key, schema)
+    sections = {
+        name: validated(cfg, name, schema)
+        for name, schema in {**SCHEMAS, **overrides}.items()
+        if name in cfg
+    }
     check_trainer(cfg)
+    _CHECKED.clear()  # one config per process at a time; multirun jobs replace each other's
+    _CHECKED[key] = Checked(sections)
+    return _CHECKED[key]
+
+
+checked = validate
+"""The typed sections of ``cfg``: what a job reads (validated once, then remembered)."""
+
+
+def is_guided(cfg: DictConfig) -> bool:
+    """Whether ``cfg``'s guidance strategy is active (so its classifier is read and used)."""
+    spec = checked(cfg).guidance
+    return spec is not None and spec.strategy_impl.is_active

@@ -2,33 +2,13 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-import numpy as np
 from omegaconf import DictConfig
 
 from calguide.cli import hydra_main
-from calguide.config import ConfigError
-from calguide.metrics.setup import evaluate_samples, metrics_callback
+from calguide.evaluation.job import run_evaluation
 
 
 @hydra_main("eval")
 def main(cfg: DictConfig) -> dict:
     """See conf/eval.yaml."""
-    path = Path(cfg.samples)
-    if not path.is_file():
-        raise FileNotFoundError(f"samples: no file at {path} (expected an ADM-layout .npz)")
-    with np.load(path) as npz:
-        if "arr_0" not in npz:
-            raise ConfigError(f"samples: {path} has no 'arr_0' (keys: {sorted(npz.files)})")
-        images = npz["arr_0"]
-        labels = npz["arr_1"] if "arr_1" in npz else np.zeros(len(images), dtype=np.int64)
-    out_dir = Path(cfg.output_dir) if cfg.output_dir else path.parent
-    callback = metrics_callback(cfg, out_dir)
-    if callback is None:
-        raise ConfigError("metrics=none: calguide-eval needs metrics=domain or metrics=inception")
-    results = evaluate_samples(callback, images, labels, output_dir=out_dir)
-    print(json.dumps(results, indent=2))
-    print(f"calguide: metrics -> {out_dir / 'metrics.json'}")
-    return results
+    return run_evaluation(cfg)

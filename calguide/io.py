@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash or a kill never leaves a half-written output behind."""
+"""Atomic file writes (a crash or a kill never leaves a half-written output behind), and
+handing a written picture to the run's loggers."""
 
 from __future__ import annotations
 
@@ -57,3 +58,12 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def log_image(trainer: Any, key: str, path: str | os.PathLike, caption: str = "") -> None:
+    """Send a saved picture to every logger of ``trainer`` that takes images (W&B); the
+    others keep the file."""
+    for logger in trainer.loggers:
+        log = getattr(logger, "log_image", None)
+        if callable(log):
+            log(key=key, images=[str(path)], caption=[caption or Path(path).name])

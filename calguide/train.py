@@ -2,48 +2,13 @@
 
 from __future__ import annotations
 
-import warnings
-from pathlib import Path
+from omegaconf import DictConfig
 
-import lightning as L
-from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf
-
-from calguide.builders import datamodule_from, loggers_from
-from calguide.callbacks import DenoiserSampleGrid, ExportDenoiser
 from calguide.cli import hydra_main
-from calguide.config import ConfigError
-from calguide.denoiser import DenoiserModule
+from calguide.training.job import run_training
 
 
 @hydra_main("train")
 def main(cfg: DictConfig) -> None:
     """Train (or resume) the denoiser, then export it and draw an unguided sample grid."""
-    flags = OmegaConf.to_container(cfg.denoiser.flags, resolve=True)
-    if flags["image_size"] != cfg.data.image_size or flags["in_channels"] != cfg.data.channels:
-        raise ConfigError(
-            f"denoiser.flags (image_size={flags['image_size']}, in_channels="
-            f"{flags['in_channels']}) must match data (image_size={cfg.data.image_size}, "
-            f"channels={cfg.data.channels})"
-        )
-    # The EMA copy is kept in eval mode on purpose; Lightning would warn about it every run.
-    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-    L.seed_everything(cfg.seed, workers=True)
-    out_dir = Path(cfg.out_dir)
-    module = DenoiserModule(
-        flags=flags,
-        diffusion=OmegaConf.to_container(cfg.diffusion, resolve=True),
-        optim=OmegaConf.to_container(cfg.optim, resolve=True),
-    )
-    callbacks = [
-        ModelCheckpoint(dirpath=out_dir, save_last=True, save_top_k=0, every_n_train_steps=500),
-        ExportDenoiser(out_dir / "denoiser.pt"),
-        DenoiserSampleGrid(out_dir / "samples.png", **cfg.sample_grid),
-    ]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers_from(cfg) or False)
-    last = out_dir / "last.ckpt"
-    resume = str(last) if cfg.resume and last.is_file() else None
-    if resume:
-        print(f"calguide: resuming from {last}")
-    trainer.fit(module, datamodule=datamodule_from(cfg, cfg.seed), ckpt_path=resume)
+    run_training(cfg)

@@ -29,13 +29,12 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf
 
-from calguide.config import conf_dir
+from calguide import assembly
+from calguide.config import ClassifierConfig, conf_dir, guidance_config, validated
 from calguide.diffusion import GaussianDiffusion, ddpm_step
-from calguide.guidance import GuidanceClassifier, build_schedule, build_strategy, make_guidance
+from calguide.guidance import GuidanceClassifier
 from calguide.nets import create_unet
-from calguide.nets.classifiers import build_classifier
 from calguide.sampling.module import SamplingModule
 
 STRATEGIES = (
@@ -54,11 +53,18 @@ STRATEGIES = (
 PAIRS = {"digits": ("unet_tiny", "digits_resnet"), "adm128": ("adm128", "resnet101")}
 
 
-def pair_spec(pair: str) -> tuple[dict, DictConfig]:
+def pair_spec(pair: str) -> tuple[dict, ClassifierConfig]:
     denoiser, classifier = PAIRS[pair]
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        cfg = compose("sample", overrides=[f"denoiser={denoiser}", f"classifier={classifier}"])
-    return OmegaConf.to_container(cfg.denoiser.flags, resolve=True), cfg.classifier
+        cfg = compose(
+            "sample",
+            overrides=[
+                f"denoiser={denoiser}",
+                f"classifier={classifier}",
+                "classifier.checkpoint=null",
+            ],
+        )
+    return dict(validated(cfg, "denoiser").flags), validated(cfg, "classifier")
 
 
 def timed_call(fn: Callable[[], object], device: torch.device) -> float:
@@ -127,17 +133,8 @@ class Pair:
         torch.manual_seed(0)
         self.flags = flags
         self.unet = create_unet(**flags).to(device).eval().requires_grad_(False)
-        self.classifier = (
-            build_classifier(
-                clf.arch,
-                OmegaConf.to_container(clf.params, resolve=True),
-                normalize=clf.normalize,
-                input_size=clf.input_size,
-                softplus_beta=clf.softplus_beta,  # EluCD's Softplus(β) for the ImageNet ResNets
-            )
-            .to(device)
-            .eval()
-        )
+        # Random weights with the config's convention (EluCD's Softplus(β) for the ResNets).
+        self.classifier = assembly.classifier(clf, None, "bench classifier")[0].to(device).eval()
         size, channels = flags["image_size"], flags.get("in_channels", 3)
         self.shape = (channels, size, size)
         self.chain = GaussianDiffusion.from_config(learn_sigma=True, respacing="250")
@@ -152,11 +149,8 @@ class Pair:
     def guidance(self, strategy: str | None, classifier: torch.nn.Module):
         if strategy is None:
             return None
-        wrapped = GuidanceClassifier(classifier, input_mode="x0")
-        hook = make_guidance(
-            wrapped, build_strategy(strategy), build_schedule("constant", 1.0), 1000
-        )
-        return hook.bind(self.labels)
+        spec = guidance_config(strategy, scale=1.0, schedule="constant", schedule_params={})
+        return assembly.guidance_with(spec, GuidanceClassifier(classifier, input_mode="x0"), 1000)
 
     def step(
         self, strategy: str | None, *, fresh_nets: bool = False, **switches
@@ -166,17 +160,17 @@ class Pair:
         unet, classifier = self.unet, self.classifier
         if fresh_nets:
             unet, classifier = copy.deepcopy(unet), copy.deepcopy(classifier)
-        guidance = self.guidance(strategy, classifier)
         module = SamplingModule(
             unet,
             self.chain,
             sample_shape=self.shape,
             class_cond=bool(self.flags.get("class_cond")),
-            guidance=guidance,
+            guidance=self.guidance(strategy, classifier),
             progress=False,
             **switches,
         ).to(self.device)
         call = module.model_fn(self.labels)
+        guidance = module.bound_guidance(self.labels)
         x = self.x.contiguous(
             memory_format=torch.channels_last
             if switches.get("channels_last")

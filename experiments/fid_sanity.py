@@ -16,10 +16,11 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 
+from calguide.assembly import metrics_callback
 from calguide.config import conf_dir
 from calguide.data import digits_split
+from calguide.metrics.evaluate import evaluate_samples
 from calguide.metrics.reference import to_uint8_nhwc
-from calguide.metrics.setup import evaluate_samples, metrics_callback
 
 
 def main() -> None:

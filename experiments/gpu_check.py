@@ -219,12 +219,12 @@ def step_variant(pair, label: str, switches: dict[str, Any], repeats: int, warmu
 
     sampling = sampling_switches(switches)
     module = setting_module(pair, switches, pair.chain)
-    vanilla = module.guidance
-    js = ClassifierGuidance(
-        vanilla.classifier, build_strategy("js"), build_schedule("constant", 1.0), 1000
+    vanilla = module.bound_guidance(pair.labels)
+    classifier = module.guidance.classifier
+    module.guidance = ClassifierGuidance(  # JS on the same classifier: the module binds it alike
+        classifier, build_strategy("js"), build_schedule("constant", 1.0), 1000
     )
-    js.amp_dtype = vanilla.amp_dtype
-    js.bind(pair.labels)
+    js = module.bound_guidance(pair.labels)
     call = module.model_fn(pair.labels)
     layout = torch.channels_last if sampling.get("channels_last") else torch.contiguous_format
     x = pair.x.contiguous(memory_format=layout)
@@ -236,7 +236,7 @@ def step_variant(pair, label: str, switches: dict[str, Any], repeats: int, warmu
     def classifier_fwd_bwd() -> torch.Tensor:
         inp = pair.x.detach().contiguous(memory_format=layout).requires_grad_(True)
         with module.autocast():
-            logits = vanilla.classifier(inp).float()
+            logits = classifier(inp).float()
         (g,) = torch.autograd.grad(logits.log_softmax(1)[:, 0].sum(), inp)
         return g
 

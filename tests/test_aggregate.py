@@ -1,21 +1,16 @@
-"""experiments/aggregate.py on hand-written multirun folders: grouping, stats, tables, plots."""
+"""calguide-aggregate (calguide.tools.aggregate) on hand-written multirun folders: grouping,
+stats, tables, plots."""
 
 from __future__ import annotations
 
 import csv
-import importlib
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import pytest
 
-# pytest puts tests/ on sys.path, not the checkout: experiments/ is a package at its top level.
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-agg = importlib.import_module("experiments.aggregate")
+from calguide.tools import aggregate as agg
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ROWS = list(agg.DEFAULT_ROWS)

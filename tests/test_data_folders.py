@@ -9,7 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from calguide.data import ImageDataModule, ImageFolderDataset, NpzImageDataset, cifar10_dataset
+from calguide.data import (
+    ImageDataModule,
+    ImageFolderDataset,
+    NpzImageDataset,
+    cifar10_dataset,
+    dataset_names,
+)
 
 
 def _write_folder(root: Path) -> None:
@@ -119,3 +125,26 @@ def test_cifar10_missing_files(tmp_path: Path) -> None:
     dm = ImageDataModule(name="cifar10", root=str(tmp_path), batch_size=4)
     with pytest.raises(FileNotFoundError, match="cifar-10-batches-py"):
         dm.setup()
+
+
+def test_built_in_sources_are_registry_entries(tmp_path: Path) -> None:
+    assert {"digits", "cifar10", "image_folder", "npz"} <= set(dataset_names())
+    for kwargs, message in (
+        ({"name": "cifar10"}, "dataset 'cifar10' needs `root` (a folder)"),
+        (
+            {"name": "image_folder", "image_size": 8},
+            "dataset 'image_folder' needs `root` (a folder)",
+        ),
+        (
+            {"name": "image_folder", "root": str(tmp_path)},
+            "dataset 'image_folder' needs `image_size`",
+        ),
+        ({"name": "npz"}, "dataset 'npz' needs `path` (an ADM-style .npz file)"),
+    ):
+        with pytest.raises(ValueError) as info:
+            ImageDataModule(**kwargs)
+        assert str(info.value) == message
+    # Only CIFAR-10 prepares anything, and only when asked to download.
+    ImageDataModule(name="cifar10", root=str(tmp_path / "absent")).prepare_data()
+    ImageDataModule(name="npz", path=str(tmp_path / "absent.npz")).prepare_data()
+    assert not (tmp_path / "absent").exists()

@@ -16,8 +16,9 @@ import pytest
 import torch
 from torch import nn
 
+from calguide import assembly
+from calguide.config import checked
 from calguide.diffusion import GaussianDiffusion, ddpm_step
-from calguide.sampling.job import guidance_from
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -68,14 +69,15 @@ def test_elucd_row_equals_elucds_p_sample(compose_config, tmp_path) -> None:
     assert cfg.guidance.schedule_params.gamma == 0.3 and cfg.guidance.scale == 1.0
     assert cfg.classifier.normalize == "none" and cfg.classifier.input_size is None
     assert cfg.classifier.softplus_beta == 3.0
-    hook, _ = guidance_from(cfg, None)
+    run = checked(cfg)
+    hook, _ = assembly.guidance(run.guidance, run.classifier, 1000)
     assert hook.space == "x0" and hook.adds_variance
 
     diffusion = GaussianDiffusion.from_config(steps=1000, learn_sigma=True, respacing=str(N_STEPS))
     reference = _elucd_resnet(weights, 3.0).double()
     hook.classifier.double()
     y = torch.tensor([3, 917])
-    hook.bind(y)
+    bound = hook.bind(y)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(BATCH, 3, SIZE, SIZE, generator=gen, dtype=torch.float64)
     x_ref, ours_max, ref_max = x.clone(), None, torch.zeros(BATCH, dtype=torch.float64)
@@ -90,7 +92,7 @@ def test_elucd_row_equals_elucds_p_sample(compose_config, tmp_path) -> None:
         )
         noise = torch.randn(BATCH, 3, SIZE, SIZE, generator=gen, dtype=torch.float64)
         t = torch.full((BATCH,), i)
-        step = ddpm_step(diffusion, output, x, t, noise, guidance=hook, variance_max=ours_max)
+        step = ddpm_step(diffusion, output, x, t, noise, guidance=bound, variance_max=ours_max)
         want, ref_max = _elucd_step(
             diffusion, output, x_ref, i, noise, reference, y, ref_max,
             tau1=1.0, delta=0.5, scale=1.0, gamma=0.3,
@@ -127,14 +129,14 @@ def test_sample_loop_carries_the_running_variance_maximum() -> None:
     torch.manual_seed(0)
     clf = GuidanceClassifier(nn.Sequential(nn.Flatten(), nn.Linear(16, 3)))
     hook = make_guidance(clf, build_strategy("vanilla"), build_schedule("elucd", 1.0), 1000)
-    hook.bind(torch.tensor([0, 2]))
+    bound = hook.bind(torch.tensor([0, 2]))
     seen: list[torch.Tensor] = []
 
     def record(i, x_t, step) -> None:
         seen.append(step.variance_max)
 
     x_T = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(3))
-    sample_loop(diffusion, lambda x, t: torch.zeros_like(x), x_T, guidance=hook, callback=record)
+    sample_loop(diffusion, lambda x, t: torch.zeros_like(x), x_T, guidance=bound, callback=record)
     first = diffusion.p_mean_variance(torch.zeros_like(x_T), x_T, torch.full((2,), 9)).variance
     for variance_max in seen:
         torch.testing.assert_close(variance_max, first.reshape(2, -1)[:, 0])

@@ -3,21 +3,13 @@ ImageNet tables stop at once listing what is missing; W&B conventions."""
 
 from __future__ import annotations
 
-import importlib
-import sys
-from pathlib import Path
-
 import pytest
 from omegaconf import OmegaConf
 
-from calguide.builders import run_group, run_tags
+from calguide.assembly import run_group, run_tags
 from calguide.config import conf_dir, validate
 from calguide.sampling.requirements import check_required_files, required_files
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-preflight = importlib.import_module("experiments.preflight")
+from calguide.tools import preflight
 
 EXPERIMENTS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
 IMAGENET = [e for e in EXPERIMENTS if e.startswith("imagenet128")]
@@ -184,11 +176,11 @@ def test_wandb_group_and_tags(compose_config):
 def test_wandb_logger_gets_conventions_offline(compose_config, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    from calguide.builders import loggers_from
+    from calguide.assembly import loggers
 
     cfg = compose_config("sample", ["logger=wandb", "experiment=digits_strategies", "guidance=js"])
     cfg.paths.output_dir = str(tmp_path)
-    (logger,) = loggers_from(cfg)
+    (logger,) = loggers(cfg)
     run = logger.experiment
     assert run.group == "digits_strategies"
     assert "divergence:js" in run.tags

@@ -8,7 +8,8 @@ from tiny import TINY_ADM_CLASSIFIER_FLAGS
 from torch import nn
 
 from calguide.diffusion.gaussian import GaussianDiffusion
-from calguide.diffusion.sampling import ddpm_step, sample_loop
+from calguide.diffusion.samplers import sample_loop
+from calguide.diffusion.sampling import ddpm_step
 from calguide.guidance import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -19,8 +20,9 @@ from calguide.guidance import (
     divergence_names,
     make_guidance,
 )
+from calguide.guidance.hook import BoundGuidance
 from calguide.guidance.strategies import entropy
-from calguide.nets import create_adm_classifier, small_resnet
+from calguide.nets import create_adm_classifier, small_resnet, swap_relu_for_softplus
 
 K, T = 3, 1000
 
@@ -63,9 +65,9 @@ def _hook(mode: str = "x0", strategy: str = "vanilla", schedule=None, **kwargs):
     return ClassifierGuidance(clf, build_strategy(strategy, **kwargs), schedule, T)
 
 
-def _p_y(hook: ClassifierGuidance, x: torch.Tensor, t: torch.Tensor, labels) -> torch.Tensor:
+def _p_y(hook: BoundGuidance, x: torch.Tensor, t: torch.Tensor, labels) -> torch.Tensor:
     with torch.no_grad():
-        logits = hook.classifier(x, t)
+        logits = hook.guidance.classifier(x, t)
     return torch.softmax(logits, -1)[torch.arange(len(labels)), labels]
 
 
@@ -100,13 +102,9 @@ def test_space_shape_and_name(mode: str, through: bool, space: str, points, labe
         input_mode=mode,
         through_denoiser=through,
     )
-    hook = ClassifierGuidance(
-        clf,
-        build_strategy("js"),
-        build_schedule("constant", 1.0),
-        T,
-        denoise_fn=(lambda x, t: 0.9 * x) if through else None,
-    ).bind(labels)
+    hook = ClassifierGuidance(clf, build_strategy("js"), build_schedule("constant", 1.0), T).bind(
+        labels, denoise_fn=(lambda x, t: 0.9 * x) if through else None
+    )
     out = hook(points, points, torch.full((8,), 10))
     assert hook.space == space and hook.name == "js"
     assert out.shape == points.shape and out.dtype == points.dtype
@@ -138,9 +136,9 @@ def test_through_denoiser_is_jacobian_transpose_times_g(points, labels) -> None:
         return x @ a.T + b
 
     clf = GuidanceClassifier(_linear(), input_mode="x0", through_denoiser=True)
-    hook = ClassifierGuidance(
-        clf, build_strategy("rkl"), build_schedule("constant", 1.0), T, denoise_fn=denoise
-    ).bind(labels)
+    hook = ClassifierGuidance(clf, build_strategy("rkl"), build_schedule("constant", 1.0), T).bind(
+        labels, denoise_fn=denoise
+    )
     t = torch.full((8,), 300)
     x0 = denoise(points, t)
     g_x0 = _hook("x0", "rkl").bind(labels)(points, x0, t)
@@ -152,7 +150,8 @@ def test_diagnostics(points, labels) -> None:
     hook = _hook("x0", schedule=build_schedule("constant", 2.0)).bind(labels)
     t = torch.full((8,), 123)
     out = hook(points, points, t)
-    hook.bind(labels[:4])(points[:4], points[:4], torch.full((4,), 122))
+    hook.labels = labels[:4]  # the same batch's bound guidance, called on a smaller slice
+    hook(points[:4], points[:4], torch.full((4,), 122))
     assert len(hook.diagnostics) == 2
     rec = hook.diagnostics[0]
     logits = _linear()(points).detach()
@@ -169,10 +168,11 @@ def test_diagnostics(points, labels) -> None:
 
 
 def test_diagnostics_pool_batches_by_size(points, labels) -> None:
-    hook = _hook("x0")
+    hook = _hook("x0").bind(labels)
     t = torch.full((8,), 5)
-    hook.bind(labels)(points, points, t)
-    hook.bind(labels[:2])(points[:2], points[:2], t[:2])
+    hook(points, points, t)
+    hook.labels = labels[:2]
+    hook(points[:2], points[:2], t[:2])
     recs = list(hook.diagnostics)
     pooled = hook.diagnostics.per_timestep()[5]
     assert pooled["n"] == 10
@@ -192,7 +192,7 @@ def test_works_under_no_grad_and_inference_mode(points, labels) -> None:
 
 def test_label_errors(points, labels) -> None:
     hook = _hook("x0")
-    with pytest.raises(RuntimeError, match="bind"):
+    with pytest.raises(TypeError, match="bind"):  # labels reach guidance through bind() only
         hook(points, points, torch.zeros(8, dtype=torch.long))
     with pytest.raises(ValueError, match="3 labels bound for a batch of 8"):
         hook.bind(labels[:3])(points, points, torch.zeros(8, dtype=torch.long))
@@ -227,10 +227,20 @@ def test_classifier_is_frozen_and_stays_in_eval() -> None:
     torch.testing.assert_close(net[1].running_mean, before)
 
 
-def test_softplus_swap() -> None:
-    net = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, K))
-    GuidanceClassifier(net, softplus_beta=5.0)
-    assert isinstance(net[1], nn.Softplus) and net[1].beta == 5.0
+def test_softplus_swap_when_a_classifier_is_built_or_loaded(tmp_path) -> None:
+    """classifier.softplus_beta is applied in one place: building or loading the network."""
+    from calguide.nets.classifiers import build_classifier, export_classifier, load_classifier
+
+    params = {"in_channels": 1, "num_classes": K, "width": 8, "image_size": 16}
+    built = build_classifier("small_resnet", params, softplus_beta=5.0)
+    softplus = [m for m in built.modules() if isinstance(m, nn.Softplus)]
+    assert softplus and all(m.beta == 5.0 for m in softplus)
+    assert not any(isinstance(m, nn.ReLU) for m in built.modules())
+    export_classifier(build_classifier("small_resnet", params), tmp_path / "c.pt")
+    loaded, _ = load_classifier(tmp_path / "c.pt", softplus_beta=5.0)
+    assert not any(isinstance(m, nn.ReLU) for m in loaded.modules())
+    plain, _ = load_classifier(tmp_path / "c.pt")
+    assert any(isinstance(m, nn.ReLU) for m in plain.modules())
 
 
 def test_imagenet_preprocessing_and_resize() -> None:
@@ -287,10 +297,12 @@ def test_classifier_validation(kwargs: dict, match: str) -> None:
         GuidanceClassifier(_linear(), **kwargs)
 
 
-def test_through_denoiser_needs_denoise_fn() -> None:
+def test_through_denoiser_needs_denoise_fn(labels) -> None:
     clf = GuidanceClassifier(_linear(), through_denoiser=True)
+    hook = ClassifierGuidance(clf, build_strategy("vanilla"), build_schedule("constant", 1.0), T)
+    assert hook.needs_denoiser
     with pytest.raises(ValueError, match="denoise_fn"):
-        ClassifierGuidance(clf, build_strategy("vanilla"), build_schedule("constant", 1.0), T)
+        hook.bind(labels)
 
 
 # ---- with the sampler ---------------------------------------------------------------------
@@ -306,7 +318,7 @@ def test_hook_drives_the_ddpm_sampler() -> None:
     clf = GuidanceClassifier(_image_classifier())
     hook = make_guidance(clf, build_strategy("js"), build_schedule("sin", 2.0), T)
     labels = torch.tensor([0, 1, 2, 1])
-    hook.bind(labels)
+    hook = hook.bind(labels)
     x_T = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(0))
 
     def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -353,7 +365,7 @@ def test_adm_noisy_classifier_matches_adm_cond_fn() -> None:
 def test_resnet_with_softplus_in_x0_mode() -> None:
     torch.manual_seed(0)
     net = small_resnet(num_classes=10, in_channels=1, width=8, image_size=16)
-    clf = GuidanceClassifier(net, input_mode="x0", softplus_beta=10.0, temperature=2.0)
+    clf = GuidanceClassifier(swap_relu_for_softplus(net, 10.0), input_mode="x0", temperature=2.0)
     assert not any(isinstance(m, nn.ReLU) for m in net.modules())
     hook = make_guidance(clf, build_strategy("rkl"), build_schedule("constant", 1.0), T)
     x0 = torch.rand(3, 1, 16, 16) * 2 - 1

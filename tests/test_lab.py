@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from calguide.config import ConfigError, validated
+from calguide.config import ConfigError, lab_run_guidance, validated
 from calguide.data.gmm import GaussianMixture, mixture_from_config
 from calguide.diffusion import GaussianDiffusion
 from calguide.lab.evaluate import (
@@ -19,7 +19,7 @@ from calguide.lab.evaluate import (
     exact_reference,
     mode_coverage_tv,
 )
-from calguide.lab.job import chains, guidance_spec, run_lab, sample_run
+from calguide.lab.job import chains, run_lab, sample_run
 from calguide.lab.plugins import ExactEpsModel, ExactPosterior
 from calguide.nets.classifiers import build_classifier
 from calguide.sampling.module import SamplingModule
@@ -331,9 +331,9 @@ def test_lab_config_errors_are_one_line(lab_cfg):
         validated(cfg, "lab")
 
 
-def test_guidance_spec_takes_the_image_path_defaults(lab_cfg):
-    spec = guidance_spec(OmegaConf.create({"guidance": "js", "scale": 3.0}))
-    assert spec["name"] == "js" and spec["scale"] == 3.0 and spec["params"]["eps"] == 0.9
+def test_lab_runs_take_the_image_path_defaults(lab_cfg):
+    spec = lab_run_guidance(0, {"guidance": "js", "scale": 3.0})
+    assert spec.name == "js" and spec.scale == 3.0 and spec.params["eps"] == 0.9
 
 
 def test_lab_job_end_to_end(compose_config, tmp_path):
@@ -379,6 +379,6 @@ def test_sample_run_uses_the_configured_chain(lab_cfg, mixture):
         base,
         chain,
         (ExactPosterior(mixture, base.alphas_cumprod), 1.0),
-        guidance_spec(OmegaConf.create({"guidance": "vanilla", "scale": 1.0})),
+        lab_run_guidance(0, {"guidance": "vanilla", "scale": 1.0}),
     )
     assert x.shape == (30, 2) and len(diag) == 10

@@ -292,7 +292,8 @@ def test_a_rank_without_samples_and_float16_storage(extractor, reference):
     busy = GenerativeMetrics(extractor, reference, pr_features_dtype="float16")
     _feed(busy, torch.arange(25), 10)
     combined = combine_rank_states([idle.local_state(), busy.local_state()], 50_000)
-    assert combined["stats"].count == 25 and combined["pr_features"].dtype == torch.float16
+    assert combined["num_samples"] == 25 and combined["metrics"]["fid"].count == 25
+    assert combined["metrics"]["precision_recall"]["features"].dtype == torch.float16
     got = busy._compute(combined, torch.device("cpu"))
     assert got == busy.compute()
     with pytest.raises(ValueError, match="floating dtype"):
@@ -301,4 +302,67 @@ def test_a_rank_without_samples_and_float16_storage(extractor, reference):
 
 def test_state_is_freed_after_predict(extractor, reference, tmp_path):
     cb, _ = _predict(extractor, reference, 16, tmp_path)
-    assert len(cb._buffer) == 0 and cb._stats.count == 0 and cb.results["num_samples"] == 50
+    states = cb._states
+    assert len(states["precision_recall"]) == 0 and states["fid"].count == 0
+    assert states["class_acc"] == {"correct": 0, "labeled": 0} and cb.results["num_samples"] == 50
+
+
+# -------------------------------------------------------------------- selecting registry entries
+
+
+def test_builtin_entries_give_the_historical_names():
+    from calguide.metrics import BUILTIN_METRICS, METRIC_NAMES, metric_keys, metric_names
+
+    assert BUILTIN_METRICS == ("fid", "precision_recall", "class_acc")
+    assert metric_names()[:3] == BUILTIN_METRICS
+    assert (
+        METRIC_NAMES == metric_keys(BUILTIN_METRICS) == ("fid", "precision", "recall", "class_acc")
+    )
+
+
+def test_a_subset_of_metrics_reports_and_logs_only_its_keys(extractor, reference, tmp_path):
+    full, _ = _predict(extractor, reference, 16, tmp_path / "full")
+    cb, logger = _predict(extractor, reference, 16, tmp_path / "fid", metrics=["fid"])
+    assert list(cb.results) == ["fid", "num_samples", "extractor"]
+    assert cb.results["fid"] == full.results["fid"] and cb.results["num_samples"] == 50
+    assert logger.logged == [{"fid": cb.results["fid"]}]
+    assert json.loads((tmp_path / "fid" / "metrics.json").read_text()) == cb.results
+
+
+class _Refuses:
+    """An extractor that must not be asked for features."""
+
+    name = "tiny-resnet"
+
+    def __call__(self, images):
+        raise AssertionError("features were computed although no selected metric needs them")
+
+
+def test_class_acc_alone_needs_neither_features_nor_the_reference(extractor, reference):
+    full = GenerativeMetrics(extractor, reference, classifier=extractor)
+    _feed(full, torch.arange(30), 8)
+
+    def never():
+        raise AssertionError("the reference was resolved although no metric needs it")
+
+    cb = GenerativeMetrics(_Refuses(), never, classifier=extractor, metrics=("class_acc",))
+    _feed(cb, torch.arange(30), 8)
+    got = cb.compute()
+    assert got == {
+        "class_acc": full.compute()["class_acc"],
+        "num_samples": 30,
+        "extractor": "tiny-resnet",
+    }
+
+
+def test_metric_selection_errors(extractor, reference):
+    with pytest.raises(ValueError, match="unknown metric 'nope'; registered: \\['fid'"):
+        GenerativeMetrics(extractor, reference, metrics=["fid", "nope"])
+    with pytest.raises(ValueError, match="selected twice"):
+        GenerativeMetrics(extractor, reference, metrics=["fid", "fid"])
+    with pytest.raises(ValueError, match="no metrics selected"):
+        GenerativeMetrics(extractor, reference, metrics=[])
+    with pytest.raises(ValueError, match="max_pr_samples must exceed k=3"):
+        GenerativeMetrics(extractor, reference, max_pr_samples=3)
+    # the precision/recall knobs belong to its entry: without it they are not used
+    GenerativeMetrics(extractor, reference, metrics=["fid"], max_pr_samples=3)

@@ -135,3 +135,49 @@ def test_feature_stats_errors():
         s.update(torch.randn(2, 4))
     with pytest.raises(ValueError, match="NaN"):
         s.update(torch.tensor([[float("nan"), 0.0, 0.0]]))
+
+
+# ------------------------------------------------------------------ the "fid" registry entry
+
+
+def _ctx(reference, name="ext"):
+    from calguide.metrics.registry import ComputeContext
+
+    return ComputeContext(torch.device("cpu"), name, lambda: reference)
+
+
+def test_fid_entry_two_ranks_with_a_taken_back_repeat_equals_one_pass():
+    from calguide.metrics import FIDMetric, MetricBatch, get_metric
+
+    entry = get_metric("fid")()
+    assert isinstance(entry, FIDMetric) and entry.keys == ("fid",)
+    x = _features(90, 5, 10, offset=2.0)
+    ranks = [entry.new_state(), entry.new_state()]
+    entry.update(ranks[0], MetricBatch(torch.arange(50), features=x[:50]))
+    entry.update(ranks[1], MetricBatch(torch.arange(50, 90), features=x[50:]))
+    repeat = MetricBatch(torch.tensor([3]), features=x[3:4])  # index 3 again on rank 1
+    entry.update(ranks[1], repeat)
+    combined = entry.combine([entry.state_dict(s) for s in ranks])
+    assert combined.count == 91
+    combined = entry.remove(combined, entry.sample_rows(repeat))
+    one = FeatureStats.from_features(x)
+    assert combined.count == 90
+    torch.testing.assert_close(combined.covariance, one.covariance, rtol=0, atol=1e-10)
+
+    ref = FeatureStats.from_features(_features(80, 5, 11))
+    got = entry.compute(combined, _ctx({"mean": ref.mean, "cov": ref.covariance}))
+    assert got["fid"] == pytest.approx(fid_from_features(_features(80, 5, 11), x), rel=1e-6)
+
+
+def test_fid_entry_errors():
+    from calguide.metrics import FIDMetric
+
+    entry = FIDMetric()
+    few = FeatureStats.from_features(torch.randn(1, 3))
+    with pytest.raises(RuntimeError, match="saw 1 samples; need at least 2"):
+        entry.compute(few, _ctx({}))
+    stats = FeatureStats.from_features(torch.randn(6, 3))
+    with pytest.raises(ValueError, match="need 'mean' and 'cov'"):
+        entry.compute(stats, _ctx({"mean": torch.zeros(3)}))
+    with pytest.raises(ValueError, match="have dim 3 \\(extractor 'ext'\\)"):
+        entry.compute(stats, _ctx({"mean": torch.zeros(4), "cov": torch.eye(4)}))

@@ -98,3 +98,46 @@ def test_float16_buffer_refuses_out_of_range_features():
     with pytest.raises(ValueError, match="float16"):
         buf.add(torch.arange(2), torch.tensor([[1.0], [1e6]]))
     assert len(buf) == 0
+
+
+# ----------------------------------------------------- the "precision_recall" registry entry
+
+
+def test_precision_recall_entry_combines_ranks_by_index_and_caps():
+    from calguide.metrics import MetricBatch, MetricOptions, PrecisionRecallMetric, get_metric
+    from calguide.metrics.registry import ComputeContext
+
+    entry = get_metric("precision_recall").from_options(
+        MetricOptions(k=2, max_pr_samples=40, pr_features_dtype="float32", seed=3)
+    )
+    assert isinstance(entry, PrecisionRecallMetric) and entry.k == 2
+    assert entry.keys == ("precision", "recall") and entry.extra_keys == ("num_pr_samples",)
+    g = torch.Generator().manual_seed(0)
+    fake, real = torch.randn(100, 4, generator=g), torch.randn(70, 4, generator=g)
+    ranks = [entry.new_state(), entry.new_state()]
+    entry.update(ranks[0], MetricBatch(torch.arange(0, 100, 2), features=fake[0::2]))
+    entry.update(ranks[1], MetricBatch(torch.arange(1, 100, 2), features=fake[1::2]))
+    entry.update(ranks[1], MetricBatch(torch.tensor([0]), features=fake[:1]))  # a repeat
+    combined = entry.combine([entry.state_dict(s) for s in ranks])
+    assert entry.remove(combined, entry.sample_rows(MetricBatch(torch.tensor([0])))) is combined
+    idx, feats = select_subset(torch.arange(100), fake, 40, seed=3)
+    assert torch.equal(combined["indices"], idx) and torch.equal(combined["features"], feats)
+
+    ctx = ComputeContext(torch.device("cpu"), None, lambda: {"features": real})
+    got = entry.compute(combined, ctx)
+    _, real40 = select_subset(torch.arange(70), real, 40, seed=3)
+    assert (got["precision"], got["recall"]) == precision_recall(real40, feats, 2)
+    assert got["num_pr_samples"] == 40
+    without = entry.compute(combined, ComputeContext(torch.device("cpu"), None, dict))
+    assert without == {"precision": None, "recall": None, "num_pr_samples": 40}
+
+
+def test_precision_recall_entry_checks_its_options():
+    from calguide.metrics import PrecisionRecallMetric
+
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        PrecisionRecallMetric(k=0)
+    with pytest.raises(ValueError, match="max_pr_samples must exceed k=3"):
+        PrecisionRecallMetric(max_pr_samples=3)
+    with pytest.raises(ValueError, match="floating dtype"):
+        PrecisionRecallMetric(pr_features_dtype="int8")

@@ -367,21 +367,16 @@ def test_x0_guidance_reuses_the_step_forward_without_gradients():
 
 
 def test_through_denoiser_adds_exactly_one_forward_with_gradients():
+    """The x̂₀ that through_denoiser guidance differentiates comes from the module's own
+    denoiser call (the same path as the step's forward: autocast, channels_last, compile)."""
     chain = GaussianDiffusion.from_config(steps=1000, learn_sigma=True, respacing="8")
     counting = CountingDenoiser(tiny_denoiser().ema.requires_grad_(False))
-    base = GaussianDiffusion.from_config(steps=1000, learn_sigma=True)
     labels = torch.arange(4) % 10
-
-    def denoise_fn(x_t, t_model):
-        eps, _ = base.split_output(counting(x_t, t_model, labels).float(), x_t)
-        return base.predict_x0_from_eps(x_t, t_model, eps)
-
     guidance = make_guidance(
         GuidanceClassifier(tiny_classifier(), input_mode="x0", through_denoiser=True),
         build_strategy("vanilla"),
         build_schedule("constant", 2.0),
         1000,
-        denoise_fn=denoise_fn,
     )
     module = SamplingModule(
         counting, chain, sample_shape=(1, 8, 8), class_cond=True, guidance=guidance, progress=False
@@ -389,6 +384,15 @@ def test_through_denoiser_adds_exactly_one_forward_with_gradients():
     run_batches(module, labels, 4)
     steps = chain.num_timesteps
     assert len(counting.calls) == 2 * steps and sum(counting.calls) == steps
+    # x̂₀ at base timesteps from a respaced chain equals the base chain's own x̂₀, exactly.
+    base = GaussianDiffusion.from_config(steps=1000, learn_sigma=True)
+    x_t, t_model = torch.randn(4, 1, 8, 8), chain.model_timesteps(torch.full((4,), 5))
+    out = torch.randn(4, 2, 8, 8)
+    eps, _ = base.split_output(out, x_t)
+    assert torch.equal(
+        chain.x0_at_model_timesteps(out, x_t, t_model),
+        base.predict_x0_from_eps(x_t, t_model, eps),
+    )
 
 
 def test_channels_last_gives_the_same_samples():
@@ -408,8 +412,9 @@ def test_compiled_denoiser_gives_the_same_samples():
 
 def test_precision_switch_reaches_the_classifier_and_refuses_typos():
     module = module_for("vanilla", precision="bf16")
-    assert module.guidance.amp_dtype == torch.bfloat16
-    assert module_for("vanilla").guidance.amp_dtype is None
+    labels = torch.arange(2)
+    assert module.bound_guidance(labels).amp_dtype == torch.bfloat16
+    assert module_for("vanilla").bound_guidance(labels).amp_dtype is None
     with pytest.raises(ValueError, match="sampling.precision"):
         module_for("vanilla", precision="bf17")
     with pytest.raises(ValueError, match="channels_last"):

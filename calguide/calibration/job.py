@@ -8,59 +8,24 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from calguide.builders import datamodule_from, loggers_from
+from calguide import assembly
 from calguide.calibration.ece import top_label_confidence
 from calguide.calibration.metrics import fit_temperature
 from calguide.calibration.module import ClassifierModule
 from calguide.calibration.reliability import save_reliability_diagram
 from calguide.calibration.report import calibration_table, named_buckets
-from calguide.callbacks import log_image
-from calguide.config import validated
-from calguide.denoiser import load_denoiser
-from calguide.diffusion import GaussianDiffusion
-from calguide.io import atomic_write_text
-from calguide.nets.classifiers import (
-    Classifier,
-    build_classifier,
-    export_classifier,
-    load_classifier,
-)
+from calguide.config import checked
+from calguide.io import atomic_write_text, log_image
+from calguide.nets.classifiers import export_classifier
 
 
-def classifier_from(spec: DictConfig, init: str | None) -> tuple[Classifier, dict[str, Any]]:
-    """Random weights (init null), a calguide export, or published weights for ``spec.arch``."""
-    params = OmegaConf.to_container(spec.params, resolve=True)
-    if init is None:
-        classifier = build_classifier(
-            spec.arch,
-            params,
-            normalize=spec.normalize,
-            input_size=spec.input_size,
-            softplus_beta=spec.softplus_beta,
-        )
-        return classifier, {"temperature": 1.0}
-    classifier, meta = load_classifier(
-        init,
-        arch=spec.arch,
-        params=params,
-        normalize=spec.normalize,
-        input_size=spec.input_size,
-        what=f"classifier '{spec.name}' (init)",
-    )
-    if spec.softplus_beta:
-        from calguide.nets import swap_relu_for_softplus
-
-        swap_relu_for_softplus(classifier.net, spec.softplus_beta)
-    return classifier, meta
-
-
-def denoiser_from(cfg: DictConfig) -> tuple[torch.nn.Module | None, dict[str, Any]]:
+def denoiser_for_inputs(cfg: DictConfig) -> assembly.Denoiser | None:
+    """The denoiser that makes x̂₀ inputs (``inputs.mode=x0``), else None."""
     if cfg.inputs.mode != "x0":
-        return None, {}
+        return None
     if cfg.inputs.denoiser is None:
         raise FileNotFoundError("inputs.mode=x0 needs inputs.denoiser (a trained denoiser file)")
     path = Path(cfg.inputs.denoiser)
@@ -71,19 +36,7 @@ def denoiser_from(cfg: DictConfig) -> tuple[torch.nn.Module | None, dict[str, An
         )
     flags = cfg.inputs.denoiser_flags
     flags = OmegaConf.to_container(flags, resolve=True) if flags is not None else None
-    net, meta = load_denoiser(path, flags=flags, what="inputs.denoiser")
-    return net, {"flags": meta["flags"], "diffusion": meta.get("diffusion", {})}
-
-
-def diffusion_from(cfg: DictConfig, denoiser_meta: dict[str, Any]) -> GaussianDiffusion:
-    settings = {**OmegaConf.to_container(cfg.diffusion, resolve=True)}
-    settings.update(denoiser_meta.get("diffusion", {}))
-    return GaussianDiffusion.from_config(
-        steps=int(settings["steps"]),
-        schedule=str(settings["schedule"]),
-        learn_sigma=bool(denoiser_meta.get("flags", {}).get("learn_sigma", False)),
-        sigma_small=bool(settings.get("sigma_small", False)),
-    )
+    return assembly.load_denoiser_file(path, flags, "inputs.denoiser")
 
 
 def save_diagrams(
@@ -112,10 +65,18 @@ def run_calibration(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     output = Path(cfg.output)
     out_dir = output.with_suffix("")
-    classifier, init_meta = classifier_from(cfg.classifier, cfg.init)
-    denoiser, denoiser_meta = denoiser_from(cfg)
-    diffusion = diffusion_from(cfg, denoiser_meta)
-    calibration = validated(cfg, "calibration")  # typed, with the schema's defaults filled in
+    run = checked(cfg)
+    classifier, init_meta = assembly.classifier(
+        run.classifier, cfg.init, f"classifier '{run.classifier.name}' (init)"
+    )
+    denoiser = denoiser_for_inputs(cfg)
+    diffusion = assembly.chain(
+        run.diffusion,
+        denoiser.flags if denoiser else {},
+        denoiser.diffusion if denoiser else None,
+        respaced=False,
+    )
+    calibration = run.calibration
     module = ClassifierModule(
         classifier,
         diffusion,
@@ -134,16 +95,14 @@ def run_calibration(cfg: DictConfig) -> dict[str, Any]:
         warmup_steps=cfg.optim.warmup_steps,
         buckets=cfg.evaluation.buckets,
         n_bins=cfg.evaluation.n_bins,
-        denoiser=denoiser,
-        denoiser_class_cond=bool(denoiser_meta.get("flags", {}).get("class_cond", False)),
+        denoiser=denoiser.net if denoiser else None,
+        denoiser_class_cond=denoiser.class_cond if denoiser else False,
         eval_seed=cfg.evaluation.seed,
         temperature=float(init_meta.get("temperature", 1.0)),
     )
-    datamodule = datamodule_from(cfg, cfg.seed)
-    trainer: L.Trainer = instantiate(
-        cfg.trainer,
-        callbacks=[ModelCheckpoint(dirpath=out_dir, save_last=True, save_top_k=0)],
-        logger=loggers_from(cfg) or False,
+    datamodule = assembly.datamodule(run.data, cfg.seed)
+    trainer: L.Trainer = assembly.trainer(
+        cfg, callbacks=[ModelCheckpoint(dirpath=out_dir, save_last=True, save_top_k=0)]
     )
 
     before = None

@@ -55,6 +55,8 @@ SmoothEceForm = Literal["binned", "per_sample"]
 SMOOTH_ECE_FORMS: tuple[str, ...] = ("binned", "per_sample")
 """Readings of the paper's L_ECE: the smoothed binned ECE (default) or the formula as printed."""
 
+CALIBRATION_METHODS: tuple[str, ...] = ("gradient", "temperature")
+"""``calibration.method``: train with a loss, or fit a post-hoc temperature."""
 CALIBRATION_LOSSES: tuple[str, ...] = ("ce", "smooth_ece", "kernel_smece")
 """Fine-tuning objectives: CE alone, CE + λ·(the paper's smooth ECE), CE + λ·(kernel smECE)."""
 

@@ -71,12 +71,12 @@ def comparison_table(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """python -m calguide.calibration.report calibration.json [...]: one comparison table."""
+    """calguide-calibration-report calibration.json [...]: one comparison table."""
     import argparse
     import json
     from pathlib import Path
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="calguide-calibration-report", description=main.__doc__)
     parser.add_argument("files", nargs="+", type=Path)
     args = parser.parse_args(argv)
     missing = [str(f) for f in args.files if not f.is_file()]

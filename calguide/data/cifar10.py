@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from calguide.data._arrays import ArrayImageDataset
+from calguide.data.registry import DatasetRequest, DatasetSplits, register_dataset
 
-__all__ = ["CIFAR10_URL", "cifar10_dataset"]
+__all__ = ["CIFAR10_URL", "build_cifar10", "cifar10_dataset", "prepare_cifar10"]
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 _BASE_FOLDER = "cifar-10-batches-py"
@@ -42,3 +43,19 @@ def cifar10_dataset(
     images = np.ascontiguousarray(raw.data, dtype=np.uint8)
     labels = np.asarray(raw.targets, dtype=np.int64)
     return ArrayImageDataset(images, labels, classes=list(raw.classes))
+
+
+def prepare_cifar10(request: DatasetRequest) -> None:
+    """Download both splits once when ``download`` is set (rank 0 only under Lightning)."""
+    if request.download:
+        for train in (True, False):
+            cifar10_dataset(request.root_path(), train=train, download=True)
+
+
+@register_dataset("cifar10", requires={"root": "a folder"}, prepare=prepare_cifar10)
+def build_cifar10(request: DatasetRequest) -> DatasetSplits:
+    """The ``cifar10`` source: 32×32 RGB; the official test set is the held-out split."""
+    request.require_size(32, "CIFAR-10")
+    train = cifar10_dataset(request.root_path(), train=True, download=request.download)
+    heldout = cifar10_dataset(request.root_path(), train=False, download=request.download)
+    return DatasetSplits(train, heldout, train.num_classes, train.image_shape)

@@ -12,11 +12,13 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from calguide.data._arrays import stratified_split_indices
+from calguide.data.registry import DatasetRequest, DatasetSplits, register_dataset
 
-__all__ = ["DIGITS_NUM_CLASSES", "digits_split", "load_digits_tensors"]
+__all__ = ["DIGITS_NUM_CLASSES", "build_digits", "digits_split", "load_digits_tensors"]
 
 DIGITS_NUM_CLASSES = 10
 _NATIVE_SIZE = 8
+_DEFAULT_SIZE = 16
 _MAX_VALUE = 16.0
 
 
@@ -63,3 +65,11 @@ def digits_split(
         "train": TensorDataset(images[train_idx], labels[train_idx]),
         "heldout": TensorDataset(images[heldout_idx], labels[heldout_idx]),
     }
+
+
+@register_dataset("digits", num_classes=DIGITS_NUM_CLASSES)
+def build_digits(request: DatasetRequest) -> DatasetSplits:
+    """The ``digits`` source: resized to ``image_size`` (16 when unset), stratified split."""
+    size = _DEFAULT_SIZE if request.image_size is None else request.image_size
+    parts = digits_split(size, request.heldout_fraction, request.split_seed)
+    return DatasetSplits(parts["train"], parts["heldout"], DIGITS_NUM_CLASSES, (1, size, size))

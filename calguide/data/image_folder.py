@@ -8,11 +8,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
-from calguide.data._arrays import ArrayImageDataset, uint8_hwc_to_signed
+from calguide.data._arrays import ArrayImageDataset, stratified_split_indices, uint8_hwc_to_signed
+from calguide.data.registry import DatasetRequest, DatasetSplits, register_dataset
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset", "NpzImageDataset", "center_crop_resize"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageFolderDataset",
+    "NpzImageDataset",
+    "build_image_folder",
+    "build_npz",
+    "center_crop_resize",
+]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 _LAYOUT = "root/<class_name>/<image>.png|jpg|jpeg|bmp|webp (one subfolder per class)"
@@ -142,3 +150,35 @@ class NpzImageDataset(ArrayImageDataset):
             super().__init__(images, labels)
         except (TypeError, ValueError) as err:
             raise ValueError(f"{str(self.path)!r}: {err}") from err
+
+
+def _stratified_splits(
+    full: ImageFolderDataset | NpzImageDataset, labels: torch.Tensor, request: DatasetRequest
+) -> DatasetSplits:
+    """Train / held-out subsets of ``full``, stratified and seeded by ``split_seed`` alone."""
+    train_idx, heldout_idx = stratified_split_indices(
+        labels, request.heldout_fraction, request.split_seed
+    )
+    return DatasetSplits(
+        Subset(full, train_idx.tolist()),
+        Subset(full, heldout_idx.tolist()),
+        full.num_classes,
+        full.image_shape,
+    )
+
+
+@register_dataset("image_folder", requires={"root": "a folder", "image_size": None})
+def build_image_folder(request: DatasetRequest) -> DatasetSplits:
+    """The ``image_folder`` source: ``root/<class>/*`` center-cropped to ``image_size``."""
+    assert request.image_size is not None  # required above
+    channels = 3 if request.channels is None else request.channels
+    full = ImageFolderDataset(request.root_path(), request.image_size, channels)
+    return _stratified_splits(full, torch.as_tensor(full.targets, dtype=torch.int64), request)
+
+
+@register_dataset("npz", requires={"path": "an ADM-style .npz file"})
+def build_npz(request: DatasetRequest) -> DatasetSplits:
+    """The ``npz`` source: an ADM sample file (``arr_0`` images, optional ``arr_1`` labels)."""
+    full = NpzImageDataset(Path(str(request.path)))
+    request.require_size(full.image_shape[1], f"npz file {request.path!r}")
+    return _stratified_splits(full, full.labels, request)

@@ -74,6 +74,7 @@ class GaussianDiffusion:
         *,
         variance: str = "fixed_large",
         timestep_map: Tensor | None = None,
+        base_betas: Tensor | None = None,
     ) -> None:
         if variance not in VARIANCES:
             raise ValueError(
@@ -108,6 +109,15 @@ class GaussianDiffusion:
         self.posterior_mean_coef1 = (
             betas * self.alphas_cumprod_prev.sqrt() / (1.0 - self.alphas_cumprod)
         )
+        # x̂₀ at base-chain timesteps (what the network and a guidance classifier see): from the
+        # base chain's own constants, so a respaced chain gives the base chain's x̂₀ exactly.
+        base_cumprod = (
+            self.alphas_cumprod
+            if base_betas is None
+            else torch.cumprod(1.0 - torch.as_tensor(base_betas, dtype=torch.float64), dim=0)
+        )
+        self.base_sqrt_recip_alphas_cumprod = (1.0 / base_cumprod).sqrt()
+        self.base_sqrt_recipm1_alphas_cumprod = (1.0 / base_cumprod - 1.0).sqrt()
         self.posterior_mean_coef2 = (
             (1.0 - self.alphas_cumprod_prev) * alphas.sqrt() / (1.0 - self.alphas_cumprod)
         )
@@ -131,7 +141,7 @@ class GaussianDiffusion:
         if respacing in ("", None):
             return cls(base, variance=variance)
         betas, timestep_map = respace_betas(base, space_timesteps(steps, respacing))
-        return cls(betas, variance=variance, timestep_map=timestep_map)
+        return cls(betas, variance=variance, timestep_map=timestep_map, base_betas=base)
 
     # ----------------------------------------------------------------------- forward process
     def model_timesteps(self, t: Tensor) -> Tensor:
@@ -161,6 +171,15 @@ class GaussianDiffusion:
         return (
             extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
             - extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+        )
+
+    def x0_at_model_timesteps(self, model_output: Tensor, x_t: Tensor, t_model: Tensor) -> Tensor:
+        """x̂₀ from the raw network output at base-chain timesteps ``t_model`` (not clipped),
+        differentiable in x_t: the denoiser path of ``through_denoiser`` guidance."""
+        eps, _ = self.split_output(model_output, x_t)
+        return (
+            extract(self.base_sqrt_recip_alphas_cumprod, t_model, x_t) * x_t
+            - extract(self.base_sqrt_recipm1_alphas_cumprod, t_model, x_t) * eps
         )
 
     def predict_eps_from_x0(self, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:

@@ -1,4 +1,4 @@
-"""Ancestral DDPM and DDIM steps with a guidance hook, and the loop that chains them.
+"""Ancestral DDPM and DDIM steps with a guidance hook (the loop is in :mod:`.samplers`).
 
 The steps take the network output as an argument, so they are pure functions of
 (output, x_t, t, noise) and can be checked against ADM's formulas directly. A guidance hook
@@ -15,8 +15,6 @@ import torch
 from torch import Tensor
 
 from calguide.diffusion.gaussian import GaussianDiffusion, MeanVariance, extract
-
-SAMPLERS = ("ddpm", "ddim")
 
 
 class GuidanceFn(Protocol):
@@ -181,70 +179,3 @@ def ddim_step(
     nonzero = (t != 0).to(x_t.dtype).reshape(-1, *([1] * (x_t.dim() - 1)))
     sample = mean + nonzero * sigma * noise
     return StepOutput(sample, pred_x0, mean, 2.0 * torch.log(sigma.clamp(min=1e-20)), grad)
-
-
-NoiseFn = Callable[[int, Tensor], Tensor]
-StepCallback = Callable[[int, Tensor, StepOutput], None]
-
-
-def sample_loop(
-    diffusion: GaussianDiffusion,
-    model_fn: ModelFn,
-    x_T: Tensor,
-    *,
-    sampler: str = "ddpm",
-    eta: float = 0.0,
-    guidance: GuidanceFn | Callable | None = None,
-    noise_fn: NoiseFn | None = None,
-    clip_denoised: bool = True,
-    progress: bool = False,
-    callback: StepCallback | None = None,
-) -> Tensor:
-    """Run the reverse chain from x_T down to x₀.
-
-    ``model_fn(x, t_model)`` returns the network output for base-chain timesteps.
-    ``noise_fn(i, x)`` returns the step noise for chain index ``i`` (default: ``randn_like``);
-    the sampling module passes per-sample seeded noise here, so a sample does not depend on its
-    batch. ``callback(i, x_t, step)`` sees every step (diagnostics, snapshots).
-    """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"diffusion.sampler must be one of {list(SAMPLERS)}, got {sampler!r}")
-    check_sampler_supports(guidance, sampler)
-    x, variance_max = x_T, None
-    indices = range(diffusion.num_timesteps - 1, -1, -1)
-    if progress:
-        from tqdm.auto import tqdm
-
-        indices = tqdm(indices, desc=f"{sampler} sampling", leave=False)
-    for i in indices:
-        t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-        with torch.no_grad():
-            model_output = model_fn(x, diffusion.model_timesteps(t))
-        noise = noise_fn(i, x) if noise_fn is not None else torch.randn_like(x)
-        if sampler == "ddpm":
-            step = ddpm_step(
-                diffusion,
-                model_output,
-                x,
-                t,
-                noise,
-                guidance=guidance,
-                clip_denoised=clip_denoised,
-                variance_max=variance_max,
-            )
-            variance_max = step.variance_max
-        else:
-            step = ddim_step(
-                diffusion,
-                model_output,
-                x,
-                t,
-                noise,
-                eta=eta,
-                guidance=guidance,
-                clip_denoised=clip_denoised,
-            )
-        if callback is not None:
-            callback(i, x, step)
-        x = step.sample.detach()
-    return x

@@ -13,7 +13,12 @@ from calguide.guidance.divergences import (
     register_divergence,
     unregister_divergence,
 )
-from calguide.guidance.hook import ClassifierGuidance, GuidanceDiagnostics, make_guidance
+from calguide.guidance.hook import (
+    BoundGuidance,
+    ClassifierGuidance,
+    GuidanceDiagnostics,
+    make_guidance,
+)
 from calguide.guidance.schedules import SCHEDULES, build_schedule
 from calguide.guidance.strategies import (
     STRATEGIES,
@@ -37,6 +42,7 @@ __all__ = [
     "IMAGENET_STD",
     "SCHEDULES",
     "STRATEGIES",
+    "BoundGuidance",
     "ClassifierGuidance",
     "DivergenceGuidance",
     "Entropy",

@@ -22,7 +22,6 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from calguide.nets import swap_relu_for_softplus
 from calguide.nets.classifiers import IMAGENET_MEAN, IMAGENET_STD
 from calguide.nets.classifiers import prepare_input as preprocess_x0
 
@@ -56,7 +55,8 @@ class GuidanceClassifier(nn.Module):
     ``imagenet`` maps to [0, 1] then uses ImageNet mean/std (an option for torchvision ResNets,
     whose EluCD convention is ``identity``); ``custom``
     maps to [0, 1] then uses the given ``mean``/``std``. ``input_size`` resizes x̂₀ (int or
-    (H, W)). ``softplus_beta`` swaps every ReLU for Softplus(β) in place (smoother gradients).
+    (H, W)). A Softplus(β) network (EluCD's smoother gradients) is made when the classifier is
+    built or loaded (``classifier.softplus_beta``), not here.
     """
 
     def __init__(
@@ -69,7 +69,6 @@ class GuidanceClassifier(nn.Module):
         std: Sequence[float] | None = None,
         input_size: int | Sequence[int] | None = None,
         temperature: float = 1.0,
-        softplus_beta: float | None = None,
         through_denoiser: bool = False,
     ) -> None:
         super().__init__()
@@ -104,8 +103,6 @@ class GuidanceClassifier(nn.Module):
                 "and not allowed otherwise"
             )
         _check_wrapped_convention(net, input_mode, normalization, input_size)
-        if softplus_beta is not None:
-            net = swap_relu_for_softplus(net, float(softplus_beta))
         self.net = net
         self.input_mode: InputMode = input_mode
         self.normalization = normalization

@@ -1,6 +1,8 @@
 """The sampler's guidance hook: classifier + strategy + scale schedule -> s(t)·g.
 
-The sampler calls ``guidance(x_t, pred_x0, t_model)`` under ``no_grad`` (or Lightning's
+:class:`ClassifierGuidance` is the configured guidance; ``bind(labels, denoise_fn=…)`` gives
+the per-batch :class:`BoundGuidance` that a sampler is handed. The sampler calls
+``guidance(x_t, pred_x0, t_model)`` under ``no_grad`` (or Lightning's
 ``inference_mode``) and expects the already-scaled gradient with x_t's shape; it checks
 finiteness and applies it (see :mod:`calguide.diffusion.sampling`). ``space`` tells it whether
 g is w.r.t. x̂₀ (``x0``: off-the-shelf classifier on x̂₀, DDPM only) or x_t (``x_t``: noisy
@@ -17,13 +19,19 @@ from contextlib import nullcontext
 from typing import Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from calguide.guidance.classifier import GuidanceClassifier
 from calguide.guidance.schedules import Schedule
 from calguide.guidance.strategies import GuidanceStrategy, entropy, target_log_prob
 
-__all__ = ["ClassifierGuidance", "DenoiseFn", "GuidanceDiagnostics", "make_guidance"]
+__all__ = [
+    "BoundGuidance",
+    "ClassifierGuidance",
+    "DenoiseFn",
+    "GuidanceDiagnostics",
+    "make_guidance",
+]
 
 DenoiseFn = Callable[[Tensor, Tensor], Tensor]
 """``denoise_fn(x_t, t_model) -> x̂₀``, differentiable in x_t (for ``through_denoiser``)."""
@@ -78,14 +86,15 @@ def _usable(x: Tensor) -> Tensor:
     return x.clone() if x.is_inference() else x
 
 
-class ClassifierGuidance:
-    """Guidance hook: returns s(t)·∇ ΣJ for the strategy's objective J.
+class ClassifierGuidance(nn.Module):
+    """The configured guidance: classifier + strategy + schedule (a module, so the sampling
+    module moves it to its device and memory format with everything else).
 
-    Set the target labels per batch with :meth:`bind` (or the ``labels`` attribute).
+    It holds no per-batch state: :meth:`bind` returns the callable a sampler is handed for one
+    batch, given that batch's target labels, and — for ``through_denoiser`` classifiers — the
+    sampling module's own ``denoise_fn(x_t, t_model) -> x̂₀`` (differentiable in x_t).
     ``num_timesteps`` is the length T of the base chain (what ``t_model`` and the schedule
-    count in), not the number of respaced steps. With ``classifier.through_denoiser`` a
-    differentiable ``denoise_fn(x_t, t_model) -> x̂₀`` is required; the denoiser then runs a
-    second time per step, with gradients.
+    count in), not the number of respaced steps.
     """
 
     def __init__(
@@ -95,43 +104,87 @@ class ClassifierGuidance:
         schedule: Schedule,
         num_timesteps: int,
         *,
-        denoise_fn: DenoiseFn | None = None,
         record_diagnostics: bool = True,
     ) -> None:
+        super().__init__()
         if not strategy.is_active:
             raise ValueError(
                 f"guidance {strategy.name!r} is inactive; use make_guidance(), which returns None"
             )
         if num_timesteps < 1:
             raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
-        if classifier.through_denoiser and denoise_fn is None:
-            raise ValueError("guidance.classifier.through_denoiser=true needs a denoise_fn")
         self.classifier = classifier
         self.strategy = strategy
         self.schedule = schedule
         self.num_timesteps = int(num_timesteps)
-        self.denoise_fn = denoise_fn if classifier.through_denoiser else None
         self.record_diagnostics = record_diagnostics
-        self.diagnostics = GuidanceDiagnostics()
-        self.labels: Tensor | None = None
-        # Autocast dtype for the classifier's forward/backward on CUDA (set by SamplingModule
-        # from sampling.precision); the strategy's objective is always computed in float32.
-        self.amp_dtype: torch.dtype | None = None
         self.name: str = strategy.name
         self.batch_dependent: bool = strategy.batch_dependent
+        self.needs_denoiser: bool = bool(classifier.through_denoiser)
         self.space: Literal["x_t", "x0"] = (
             "x0" if classifier.input_mode == "x0" and not classifier.through_denoiser else "x_t"
         )
         self.adds_variance: bool = bool(getattr(schedule, "additive", False))
 
-    def bind(self, labels: Tensor) -> ClassifierGuidance:
-        """Target labels for the next calls (one per sample); returns self."""
+    def bind(
+        self,
+        labels: Tensor,
+        *,
+        denoise_fn: DenoiseFn | None = None,
+        amp_dtype: torch.dtype | None = None,
+    ) -> BoundGuidance:
+        """The sampler's guidance for one batch: target ``labels`` (one per sample), the
+        differentiable ``denoise_fn`` (``through_denoiser`` only) and the CUDA autocast dtype of
+        the classifier's forward/backward (the objective itself is always float32 or wider)."""
+        if self.needs_denoiser and denoise_fn is None:
+            raise ValueError("guidance.classifier.through_denoiser=true needs a denoise_fn")
+        return BoundGuidance(
+            self, labels, denoise_fn if self.needs_denoiser else None, amp_dtype=amp_dtype
+        )
+
+    def forward(self, *args: object, **kwargs: object) -> Tensor:
+        raise TypeError(
+            f"guidance {self.name!r}: call .bind(labels) and hand the sampler its result; "
+            "ClassifierGuidance holds no per-batch labels"
+        )
+
+    def extra_variance(self, index: Tensor, num_steps: int, variance_max: Tensor) -> Tensor | None:
+        """The schedule's additive a_i for the DDPM mean shift (``None`` for most schedules)."""
+        return self.schedule.extra_variance(index, num_steps, variance_max)
+
+    def extra_repr(self) -> str:
+        return (
+            f"name={self.name!r}, space={self.space!r}, strategy={self.strategy!r}, "
+            f"schedule={self.schedule!r}"
+        )
+
+
+class BoundGuidance:
+    """One batch's guidance (see :meth:`ClassifierGuidance.bind`): what a sampler calls.
+
+    ``bound(x_t, pred_x0, t_model)`` returns s(t)·g with x_t's shape and dtype, g = ∂ΣJ/∂x
+    (x = x̂₀ or x_t per ``space``); every call is recorded in :attr:`diagnostics`.
+    """
+
+    def __init__(
+        self,
+        guidance: ClassifierGuidance,
+        labels: Tensor,
+        denoise_fn: DenoiseFn | None,
+        *,
+        amp_dtype: torch.dtype | None = None,
+    ) -> None:
+        self.guidance = guidance
         self.labels = labels
-        return self
+        self.denoise_fn = denoise_fn
+        self.amp_dtype = amp_dtype
+        self.diagnostics = GuidanceDiagnostics()
+        self.name = guidance.name
+        self.space = guidance.space
+        self.adds_variance = guidance.adds_variance
+        self.batch_dependent = guidance.batch_dependent
 
     def _target(self, x_t: Tensor) -> Tensor:
-        if self.labels is None:
-            raise RuntimeError(f"guidance {self.name!r}: call .bind(labels) before sampling")
         labels = _usable(self.labels).to(device=x_t.device, dtype=torch.long).reshape(-1)
         if labels.shape[0] != x_t.shape[0]:
             raise ValueError(
@@ -142,17 +195,18 @@ class ClassifierGuidance:
 
     def _logits(self, x_t: Tensor, pred_x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """(the tensor g is taken w.r.t., the logits computed from it)."""
-        if self.classifier.input_mode == "noisy":
+        classifier = self.guidance.classifier
+        if classifier.input_mode == "noisy":
             x = _usable(x_t).requires_grad_(True)
-            return x, self.classifier(x, t)
+            return x, classifier(x, t)
         if self.denoise_fn is not None:
             x = _usable(x_t).requires_grad_(True)
-            return x, self.classifier(self.denoise_fn(x, t), t)
+            return x, classifier(self.denoise_fn(x, t), t)
         x = _usable(pred_x0).requires_grad_(True)
-        return x, self.classifier(x, t)
+        return x, classifier(x, t)
 
     def __call__(self, x_t: Tensor, pred_x0: Tensor, t_model: Tensor) -> Tensor:
-        """s(t)·g with x_t's shape and dtype; g = ∂ΣJ/∂x (x = x̂₀ or x_t per ``space``)."""
+        guidance = self.guidance
         # Lightning predicts under inference_mode; leave it so copies can join autograd.
         with torch.inference_mode(False), torch.enable_grad():
             labels = self._target(x_t)
@@ -160,18 +214,17 @@ class ClassifierGuidance:
             with self._autocast(x_t.device):
                 x, logits = self._logits(x_t, pred_x0, t)
             logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-            objective = self.strategy.objective(logits, labels, t, self.num_timesteps)
+            objective = guidance.strategy.objective(logits, labels, t, guidance.num_timesteps)
             (grad,) = torch.autograd.grad(objective.sum(), x)
         grad = grad.detach().to(x_t.dtype)
-        scale = self.schedule(t, self.num_timesteps).to(device=x_t.device, dtype=x_t.dtype)
+        scale = guidance.schedule(t, guidance.num_timesteps).to(device=x_t.device, dtype=x_t.dtype)
         scale = scale.expand(x_t.shape[0]).reshape(-1, *([1] * (x_t.dim() - 1)))
-        if self.record_diagnostics:
+        if guidance.record_diagnostics:
             self._record(t, grad, logits.detach(), labels, scale)
         return scale * grad
 
     def extra_variance(self, index: Tensor, num_steps: int, variance_max: Tensor) -> Tensor | None:
-        """The schedule's additive a_i for the DDPM mean shift (``None`` for most schedules)."""
-        return self.schedule.extra_variance(index, num_steps, variance_max)
+        return self.guidance.extra_variance(index, num_steps, variance_max)
 
     def _autocast(self, device: torch.device):
         if self.amp_dtype is None or device.type != "cuda":
@@ -194,10 +247,7 @@ class ClassifierGuidance:
         )
 
     def __repr__(self) -> str:
-        return (
-            f"ClassifierGuidance(name={self.name!r}, space={self.space!r}, "
-            f"strategy={self.strategy!r}, schedule={self.schedule!r})"
-        )
+        return f"BoundGuidance({self.guidance!r}, batch={int(self.labels.reshape(-1).shape[0])})"
 
 
 def make_guidance(
@@ -206,7 +256,6 @@ def make_guidance(
     schedule: Schedule,
     num_timesteps: int,
     *,
-    denoise_fn: DenoiseFn | None = None,
     record_diagnostics: bool = True,
 ) -> ClassifierGuidance | None:
     """The sampler's ``guidance`` argument: ``None`` for an inactive strategy (``none``, which
@@ -220,6 +269,5 @@ def make_guidance(
         strategy,
         schedule,
         num_timesteps,
-        denoise_fn=denoise_fn,
         record_diagnostics=record_diagnostics,
     )

@@ -18,12 +18,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
+from calguide import assembly
 from calguide.calibration.metrics import classification_metrics
 from calguide.calibration.module import ClassifierModule
-from calguide.config import conf_dir, job_config
+from calguide.config import GuidanceConfig, checked, job_config
 from calguide.data.gmm import GaussianMixture, mixture_from_config
 from calguide.diffusion import GaussianDiffusion
-from calguide.guidance import GuidanceClassifier, build_schedule, build_strategy, make_guidance
+from calguide.guidance import GuidanceClassifier
 from calguide.io import atomic_write_json, atomic_write_text
 from calguide.lab.evaluate import class_energy, evaluate_samples, exact_reference
 from calguide.lab.figure import plot_lab_samples
@@ -45,13 +46,11 @@ COLUMNS = (
 
 def chains(cfg: DictConfig) -> tuple[GaussianDiffusion, GaussianDiffusion]:
     """(base chain, respaced sampling chain) from the ``diffusion`` group."""
-    build = dict(
-        steps=int(cfg.diffusion.steps),
-        schedule=str(cfg.diffusion.schedule),
-        sigma_small=bool(cfg.diffusion.sigma_small),
+    diffusion = checked(cfg).diffusion
+    return (
+        assembly.chain(diffusion, {}, respaced=False),
+        assembly.chain(diffusion, {}),
     )
-    base = GaussianDiffusion.from_config(**build)
-    return base, GaussianDiffusion.from_config(respacing=str(cfg.diffusion.respacing), **build)
 
 
 def train_mlp(
@@ -149,32 +148,20 @@ def build_classifiers(
     return built
 
 
-def guidance_spec(run: DictConfig) -> dict[str, Any]:
-    """A run's strategy knobs: ``conf/guidance/<name>.yaml`` (the image path's defaults) with
-    the run's own ``params`` / ``scale`` / ``schedule`` on top."""
-    defaults = OmegaConf.load(conf_dir() / "guidance" / f"{run.guidance}.yaml")
-    spec = OmegaConf.merge(defaults, {k: v for k, v in run.items() if k != "guidance"})
-    return OmegaConf.to_container(spec, resolve=True)  # type: ignore[return-value]
-
-
 def sample_run(
     cfg: DictConfig,
     mixture: GaussianMixture,
     base: GaussianDiffusion,
     chain: GaussianDiffusion,
     classifier: tuple[torch.nn.Module, float] | None,
-    spec: dict[str, Any],
+    spec: GuidanceConfig,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[int, dict[str, float]]]:
     """(samples, target labels, per-timestep diagnostics) of one strategy and classifier."""
-    strategy = build_strategy(spec["name"], **spec.get("params", {}))
     guidance = None
-    if strategy.is_active and classifier is not None:
+    if spec.strategy_impl.is_active and classifier is not None:
         net, temperature = classifier
         wrapped = GuidanceClassifier(net, input_mode="noisy", temperature=temperature)
-        schedule = build_schedule(
-            spec["schedule"], float(spec["scale"]), **spec.get("schedule_params", {})
-        )
-        guidance = make_guidance(wrapped, strategy, schedule, base.num_timesteps)
+        guidance = assembly.guidance_with(spec, wrapped, base.num_timesteps)
     class_cond = bool(cfg.lab.class_cond)
     module = SamplingModule(
         ExactEpsModel(mixture, base.alphas_cumprod),
@@ -182,8 +169,7 @@ def sample_run(
         sample_shape=(mixture.dim,),
         class_cond=class_cond,
         guidance=guidance,
-        sampler=str(cfg.diffusion.sampler),
-        eta=float(cfg.diffusion.eta),
+        sampler=assembly.sampler(checked(cfg).diffusion),
         clip_denoised=False,
         seed=int(cfg.seed),
         progress=False,
@@ -288,19 +274,18 @@ def run_lab(cfg: DictConfig) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     panels: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
     diagnostics: dict[str, dict[str, dict[int, dict[str, float]]]] = {}
-    runs = list(cfg.lab.runs)
-    for run in runs:
-        spec = guidance_spec(run)
-        active = build_strategy(spec["name"], **spec.get("params", {})).is_active
+    runs = checked(cfg).lab.run_guidance
+    for spec in runs:
+        active = spec.strategy_impl.is_active
         targets = classifiers.items() if active else [("–", None)]
         for name, classifier in targets:
             x, y, diag = sample_run(cfg, mixture, base, chain, classifier, spec)
-            label = spec["name"] if not active else f"{spec['name']} s={spec['scale']:g}"
+            label = spec.name if not active else f"{spec.name} s={spec.scale:g}"
             metrics = evaluate_samples(mixture, x, y, seed=int(cfg.seed) + 4)
             row = {
                 "classifier": name,
-                "guidance": spec["name"],
-                "scale": float(spec["scale"]),
+                "guidance": spec.name,
+                "scale": float(spec.scale),
                 **metrics,
                 **gradient_summary(diag, base.num_timesteps),
             }

@@ -1,4 +1,5 @@
-"""Lightning callback: FID, precision, recall and class accuracy of generated images.
+"""Lightning callback: FID, precision, recall, class accuracy (or any registered metric) of
+generated images.
 
 Contract with the sampling module: ``predict_step`` returns a dict with
 
@@ -6,14 +7,16 @@ Contract with the sampling module: ``predict_step`` returns a dict with
 - ``"labels"``: int64 ``[N]``, the requested classes (needed for ``class_acc``),
 - ``"indices"``: int64 ``[N]``, the global sample indices (used to drop repeated samples).
 
-Per batch the callback extracts features (it never keeps images), adds them to a streaming
-:class:`~calguide.metrics.fid.FeatureStats`, keeps up to ``max_pr_samples`` feature rows for
-precision/recall (the subset is chosen by sample index, so it does not depend on batch size or
-device count), and counts correct evaluation-classifier predictions. At the end of
-``trainer.predict`` the ranks' states are gathered on rank 0 (repeated indices, e.g. from a
-padding ``DistributedSampler``, are counted once), rank 0 computes ``fid``, ``precision``,
-``recall`` and ``class_acc``, logs them to ``trainer.loggers``, writes ``metrics.json`` to
-``output_dir`` (atomically), and every rank gets them in :attr:`GenerativeMetrics.results`.
+The metrics are entries of :mod:`calguide.metrics.registry` (by default ``fid``,
+``precision_recall`` and ``class_acc``), each with its own per-rank state. Per batch the callback
+drops the indices this rank has already seen, extracts features and/or evaluation-classifier
+logits once for all entries (it never keeps images) and hands them to every entry's ``update``.
+At the end of ``trainer.predict`` the ranks' states are gathered on rank 0 and combined per
+entry; an index generated on several ranks (e.g. by a padding ``DistributedSampler``) is counted
+once: the callback keeps each entry's ``sample_rows`` of the last ``dedup_window`` samples per
+rank and hands a repeat's rows to the entry's ``remove``. Rank 0 computes the entries' results,
+logs the scalar ones to ``trainer.loggers``, writes ``metrics.json`` to ``output_dir``
+(atomically), and every rank gets them in :attr:`GenerativeMetrics.results`.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import math
 import os
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,43 +34,40 @@ import torch.distributed as dist
 from torch import Tensor
 
 from calguide.io import atomic_write_json
-from calguide.metrics._subset import SampleBuffer, as_dtype, release_free_heap, select_subset
 from calguide.metrics.features import FeatureExtractor, as_uint8_nhwc
-from calguide.metrics.fid import FeatureStats, fid_from_stats
-from calguide.metrics.prdc import precision_recall
+from calguide.metrics.registry import (
+    BUILTIN_METRICS,
+    ComputeContext,
+    Metric,
+    MetricBatch,
+    MetricOptions,
+    field_of,
+    get_metric,
+    metric_keys,
+    resolve_metrics,
+)
 
-__all__ = ["METRIC_NAMES", "GenerativeMetrics", "combine_rank_states"]
+__all__ = ["METRIC_NAMES", "GenerativeMetrics", "combine_rank_states", "combine_states"]
 
-METRIC_NAMES = ("fid", "precision", "recall", "class_acc")
+METRIC_NAMES = metric_keys(BUILTIN_METRICS)
+"""The built-in entries' loggable keys: ("fid", "precision", "recall", "class_acc")."""
 _ERROR_KEY = "__error__"
 
 
-def _field(ref: Any, name: str) -> Any:
-    if isinstance(ref, Mapping):
-        return ref.get(name)
-    return getattr(ref, name, None)
-
-
-def combine_rank_states(
-    states: list[dict[str, Any]], max_pr_samples: int | None, seed: int = 0
-) -> dict[str, Any]:
+def combine_states(states: list[dict[str, Any]], metrics: Sequence[Metric]) -> dict[str, Any]:
     """Merge per-rank states (see ``GenerativeMetrics.local_state``), counting each index once.
 
-    A sample index produced on several ranks is kept on one and taken back from the others'
-    statistics, using the features they kept of their last ``dedup_window`` samples (where a
-    padding ``DistributedSampler`` puts its repeats). Returns the merged ``stats``,
-    ``pr_features`` (sorted by index), ``correct`` and ``labeled`` counts.
+    Every entry combines its ranks' states; a sample index produced on several ranks is kept
+    on one and taken back (``Metric.remove``) from the others' contributions, using the rows
+    they kept of their last ``dedup_window`` samples (where a padding ``DistributedSampler``
+    puts its repeats). Returns ``{"num_samples": unique indices, "metrics": {name: combined}}``.
     """
     seen = [s["seen"] for s in states]
     all_idx = torch.cat(seen) if seen else torch.empty(0, dtype=torch.int64)
     uniq, counts = torch.unique(all_idx, return_counts=True)
     dups = uniq[counts > 1]
 
-    stats = FeatureStats()
-    for s in states:
-        stats.merge(FeatureStats.from_state_dict(s["stats"]))
-    correct = sum(int(s["correct"]) for s in states)
-    labeled = sum(int(s["labeled"]) for s in states)
+    combined = {m.name: m.combine([s["metrics"][m.name] for s in states]) for m in metrics}
 
     if dups.numel():
         tails = [{int(i): row for row, i in enumerate(s["tail_indices"].tolist())} for s in states]
@@ -86,30 +86,25 @@ def combine_rank_states(
                 if r == keeper:
                     continue
                 row = tails[r][v]
-                stats.remove(states[r]["tail_features"][row : row + 1])
-                c = int(states[r]["tail_correct"][row])
-                if c >= 0:
-                    correct -= c
-                    labeled -= 1
+                for m in metrics:
+                    rows = {k: t[row : row + 1] for k, t in states[r]["tail"][m.name].items()}
+                    combined[m.name] = m.remove(combined[m.name], rows)
+    return {"num_samples": int(uniq.numel()), "metrics": combined}
 
-    with_rows = [s for s in states if s["pr_indices"].numel()] or states[:1]
-    if len(with_rows) == 1:  # no copy of the (possibly 400 MB) feature block
-        pr_idx, pr_feat = with_rows[0]["pr_indices"], with_rows[0]["pr_features"]
-    else:
-        pr_idx = torch.cat([s["pr_indices"] for s in with_rows])
-        pr_feat = torch.cat([s["pr_features"] for s in with_rows])
-    pr_idx, pr_feat = select_subset(pr_idx, pr_feat, max_pr_samples, seed)
-    return {
-        "stats": stats,
-        "pr_indices": pr_idx,
-        "pr_features": pr_feat,
-        "correct": correct,
-        "labeled": labeled,
-    }
+
+def combine_rank_states(
+    states: list[dict[str, Any]], max_pr_samples: int | None, seed: int = 0
+) -> dict[str, Any]:
+    """:func:`combine_states` with the registry entries named in the states, built with these
+    options (the other options do not change how the built-in entries combine)."""
+    options = MetricOptions(max_pr_samples=max_pr_samples, seed=seed)
+    names = list(states[0]["metrics"]) if states else []
+    return combine_states(states, [get_metric(n).from_options(options) for n in names])
 
 
 class GenerativeMetrics(L.Callback):
-    """FID / precision / recall / class accuracy of ``trainer.predict`` outputs.
+    """FID / precision / recall / class accuracy (or other registered metrics) of
+    ``trainer.predict`` outputs.
 
     Args:
         extractor: a :class:`~calguide.metrics.features.FeatureExtractor` (Inception or a
@@ -118,7 +113,12 @@ class GenerativeMetrics(L.Callback):
             optionally ``features`` [M, D] (needed for precision/recall) and ``extractor`` (a
             name checked against ``extractor.name``) — e.g. from
             :func:`~calguide.metrics.reference.cached_reference`; or a zero-argument callable
-            returning one, called on rank 0 only when the metrics are computed.
+            returning one, called on rank 0 only when a metric needs it.
+        metrics: the entries to compute, in result order: names from
+            :func:`~calguide.metrics.registry.metric_names` (built with this callback's
+            ``k``, ``max_pr_samples``, … see :class:`~calguide.metrics.registry.MetricOptions`)
+            or :class:`~calguide.metrics.registry.Metric` instances. Default: ``fid``,
+            ``precision_recall``, ``class_acc``.
         classifier: evaluation classifier with ``logits(images_uint8)`` for ``class_acc``
             (argmax vs the requested labels). Pass the extractor itself to reuse a
             :class:`~calguide.metrics.features.ClassifierFeatureExtractor` (one forward pass).
@@ -134,8 +134,8 @@ class GenerativeMetrics(L.Callback):
             2048-d features, and keeps a 50k-vs-50k evaluation under 2 GB resident.
         pr_batch_size: block size of the distance computation (memory ∝ its square: 5,000
             → 100 MB per distance block; 10,000 → 400 MB).
-        dedup_window: per rank, the features of the last this-many samples are kept so that a
-            sample repeated on another rank can be taken back from the statistics.
+        dedup_window: per rank, the per-sample rows (e.g. features) of the last this-many
+            samples are kept so that a sample repeated on another rank can be taken back.
         seed: seed of the subset choice.
     """
 
@@ -144,6 +144,7 @@ class GenerativeMetrics(L.Callback):
         extractor: FeatureExtractor,
         reference: Mapping[str, Any] | Any | Callable[[], Any],
         *,
+        metrics: Sequence[str | Metric] = BUILTIN_METRICS,
         classifier: Any | None = None,
         output_dir: str | os.PathLike | None = None,
         k: int = 3,
@@ -154,10 +155,14 @@ class GenerativeMetrics(L.Callback):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        if max_pr_samples is not None and max_pr_samples <= k:
-            raise ValueError(f"max_pr_samples must exceed k={k}, got {max_pr_samples}")
+        options = MetricOptions(
+            k=k,
+            max_pr_samples=max_pr_samples,
+            pr_features_dtype=pr_features_dtype,
+            pr_batch_size=pr_batch_size,
+            seed=seed,
+        )
+        self.metrics: tuple[Metric, ...] = resolve_metrics(metrics, options)
         if dedup_window < 0:
             raise ValueError(f"dedup_window must be >= 0, got {dedup_window}")
         if classifier is not None and not callable(getattr(classifier, "logits", None)):
@@ -166,26 +171,26 @@ class GenerativeMetrics(L.Callback):
         self.reference = reference
         self.classifier = classifier
         self.output_dir = Path(output_dir) if output_dir is not None else None
-        self.k = k
-        self.max_pr_samples = max_pr_samples
-        self.pr_features_dtype = as_dtype(pr_features_dtype)
-        self.pr_batch_size = pr_batch_size
         self.dedup_window = dedup_window
-        self.seed = seed
         self.results: dict[str, Any] | None = None
         self.reset()
+
+    @property
+    def metric_keys(self) -> tuple[str, ...]:
+        """The loggable result keys of the selected metrics, in order."""
+        return tuple(key for m in self.metrics for key in m.keys)
+
+    def _needs(self, what: str) -> bool:
+        return any(what in m.inputs for m in self.metrics)
 
     # -- per-rank accumulation --------------------------------------------------------------
     def reset(self) -> None:
         """Forget everything accumulated (called at every predict start)."""
-        self._stats = FeatureStats()
-        self._buffer = SampleBuffer(self.max_pr_samples, self.pr_features_dtype, self.seed)
+        self._states: dict[str, Any] = {m.name: m.new_state() for m in self.metrics}
         self._seen: set[int] = set()
         self._seen_chunks: list[Tensor] = []
-        self._tail: deque[tuple[Tensor, Tensor, Tensor]] = deque()
+        self._tail: deque[tuple[Tensor, dict[str, Mapping[str, Tensor]]]] = deque()
         self._tail_rows = 0
-        self._correct = 0
-        self._labeled = 0
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.reset()
@@ -240,60 +245,56 @@ class GenerativeMetrics(L.Callback):
             images, indices = images[sel.to(images.device)], indices[sel]
             labels = labels[sel] if labels is not None else None
 
-        want_acc = self.classifier is not None and labels is not None
+        want_feats = self._needs("features")
+        want_logits = self.classifier is not None and labels is not None and self._needs("logits")
+        feats = logits = None
         if (
-            want_acc
+            want_feats
+            and want_logits
             and self.classifier is self.extractor
             and hasattr(self.extractor, "features_and_logits")
         ):
             feats, logits = self.extractor.features_and_logits(images)
         else:
-            feats = self.extractor(images)
-            logits = self.classifier.logits(images) if want_acc else None
-        if feats.ndim != 2 or feats.shape[0] != indices.shape[0]:
+            feats = self.extractor(images) if want_feats else None
+            logits = self.classifier.logits(images) if want_logits else None
+        if feats is not None and (feats.ndim != 2 or feats.shape[0] != indices.shape[0]):
             raise ValueError(f"extractor returned features of shape {tuple(feats.shape)}")
-        if logits is not None:
-            correct = (logits.argmax(dim=1).cpu() == labels).to(torch.int8)
-        else:
-            correct = torch.full((indices.shape[0],), -1, dtype=torch.int8)
+        batch = MetricBatch(indices=indices, labels=labels, features=feats, logits=logits)
 
-        self._stats.update(feats)  # validates first: on error nothing below has changed
-        self._buffer.add(indices, feats)
+        rows = {m.name: m.sample_rows(batch) for m in self.metrics} if self.dedup_window else {}
+        for m in self.metrics:  # fid first by default: it validates before changing anything
+            m.update(self._states[m.name], batch)
         self._seen.update(fresh)
         self._seen_chunks.append(indices)
-        if logits is not None:
-            self._correct += int(correct.sum())
-            self._labeled += int(correct.shape[0])
         if self.dedup_window:
-            self._tail.append((indices, feats.detach().to("cpu", torch.float32), correct))
+            self._tail.append((indices, rows))
             self._tail_rows += indices.shape[0]
             while self._tail and self._tail_rows - self._tail[0][0].shape[0] >= self.dedup_window:
                 self._tail_rows -= self._tail.popleft()[0].shape[0]
 
     def local_state(self) -> dict[str, Any]:
-        """This rank's accumulated state as CPU tensors (what is gathered on rank 0)."""
-        pr = self._buffer.state()
+        """This rank's accumulated state as CPU data (what is gathered on rank 0)."""
         if self._tail:
             t_idx = torch.cat([t[0] for t in self._tail])
-            t_feat = torch.cat([t[1] for t in self._tail])
-            t_cor = torch.cat([t[2] for t in self._tail])
+            tail = {
+                m.name: {
+                    key: torch.cat([t[1][m.name][key] for t in self._tail])
+                    for key in self._tail[0][1][m.name]
+                }
+                for m in self.metrics
+            }
         else:
             t_idx = torch.empty(0, dtype=torch.int64)
-            t_feat = torch.empty(0, self._stats.dim or 0)
-            t_cor = torch.empty(0, dtype=torch.int8)
+            tail = {m.name: {} for m in self.metrics}
         seen = (
             torch.cat(self._seen_chunks) if self._seen_chunks else torch.empty(0, dtype=torch.int64)
         )
         return {
-            "stats": self._stats.state_dict(),
             "seen": seen,
             "tail_indices": t_idx,
-            "tail_features": t_feat,
-            "tail_correct": t_cor,
-            "pr_indices": pr["indices"],
-            "pr_features": pr["features"],
-            "correct": self._correct,
-            "labeled": self._labeled,
+            "tail": tail,
+            "metrics": {m.name: m.state_dict(self._states[m.name]) for m in self.metrics},
         }
 
     # -- end of prediction ------------------------------------------------------------------
@@ -303,7 +304,7 @@ class GenerativeMetrics(L.Callback):
         error: BaseException | None = None
         if states is not None:
             try:
-                combined = combine_rank_states(states, self.max_pr_samples, self.seed)
+                combined = combine_states(states, self.metrics)
                 del states
                 results = self._compute(combined, pl_module.device)
                 self._publish(results, trainer)
@@ -320,68 +321,47 @@ class GenerativeMetrics(L.Callback):
 
     def compute(self, device: torch.device | str = "cpu") -> dict[str, Any]:
         """Metrics from this process's state alone (no Trainer, no gathering)."""
-        combined = combine_rank_states([self.local_state()], self.max_pr_samples, self.seed)
+        combined = combine_states([self.local_state()], self.metrics)
         self.results = self._compute(combined, torch.device(device))
         return self.results
 
     def _resolve_reference(self) -> Any:
         ref = self.reference
-        if callable(ref) and not isinstance(ref, Mapping) and _field(ref, "mean") is None:
+        if callable(ref) and not isinstance(ref, Mapping) and field_of(ref, "mean") is None:
             ref = ref()
             self.reference = ref
-        return ref
-
-    def _compute(self, combined: dict[str, Any], device: torch.device) -> dict[str, Any]:
-        stats: FeatureStats = combined["stats"]
-        if stats.count < 2:
-            raise RuntimeError(f"GenerativeMetrics saw {stats.count} samples; need at least 2")
-        ref = self._resolve_reference()
-        ref_mean, ref_cov = _field(ref, "mean"), _field(ref, "cov")
-        if ref_mean is None or ref_cov is None:
-            raise ValueError("reference statistics need 'mean' and 'cov'")
-        ref_name = _field(ref, "extractor")
+        ref_name = field_of(ref, "extractor")
         ext_name = getattr(self.extractor, "name", None)
         if ref_name is not None and ext_name is not None and ref_name != ext_name:
             raise ValueError(
                 f"reference statistics were computed with extractor {ref_name!r} but the "
                 f"callback uses {ext_name!r}"
             )
-        ref_mean, ref_cov = torch.as_tensor(ref_mean), torch.as_tensor(ref_cov)
-        if ref_mean.shape != (stats.dim,):
-            raise ValueError(
-                f"reference mean has shape {tuple(ref_mean.shape)} but the generated features "
-                f"have dim {stats.dim} (extractor {ext_name!r})"
-            )
-        fid = fid_from_stats(stats.mean, stats.covariance, ref_mean, ref_cov)
+        return ref
 
-        precision = recall = None
-        ref_feats = _field(ref, "features")
-        fake = combined["pr_features"]
-        if ref_feats is not None and fake.shape[0] > self.k:
-            release_free_heap()  # before the large distance blocks
-            ref_feats = torch.as_tensor(ref_feats)
-            if self.max_pr_samples is not None and ref_feats.shape[0] > self.max_pr_samples:
-                _, ref_feats = select_subset(
-                    torch.arange(ref_feats.shape[0]), ref_feats, self.max_pr_samples, self.seed
+    def _compute(self, combined: dict[str, Any], device: torch.device) -> dict[str, Any]:
+        ext_name = getattr(self.extractor, "name", None)
+        ctx = ComputeContext(device, ext_name, self._resolve_reference)
+        parts: dict[str, dict[str, Any]] = {}
+        for m in self.metrics:
+            out = dict(m.compute(combined["metrics"][m.name], ctx))
+            declared = m.keys + m.extra_keys
+            if set(out) != set(declared):
+                raise RuntimeError(
+                    f"metric {m.name!r} returned keys {sorted(out)} but declares {list(declared)}"
                 )
-            precision, recall = precision_recall(
-                ref_feats, fake, self.k, batch_size=self.pr_batch_size, device=device
-            )
-        labeled = combined["labeled"]
-        return {
-            "fid": fid,
-            "precision": precision,
-            "recall": recall,
-            "class_acc": combined["correct"] / labeled if labeled else None,
-            "num_samples": stats.count,
-            "num_pr_samples": int(fake.shape[0]),
-            "extractor": ext_name,
-        }
+            parts[m.name] = out
+        # Scalars first, then the counts and the extractor (the historical order of the keys).
+        results = {key: parts[m.name][key] for m in self.metrics for key in m.keys}
+        results["num_samples"] = combined["num_samples"]
+        results.update({key: parts[m.name][key] for m in self.metrics for key in m.extra_keys})
+        results["extractor"] = ext_name
+        return results
 
     def _publish(self, results: dict[str, Any], trainer: L.Trainer) -> None:
         metrics = {
             k: float(results[k])
-            for k in METRIC_NAMES
+            for k in self.metric_keys
             if results[k] is not None and math.isfinite(results[k])
         }
         for logger in trainer.loggers:

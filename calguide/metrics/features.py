@@ -39,6 +39,8 @@ __all__ = [
 
 # torch-fidelity's InceptionV3 weights (converted from the TF 2015-12-05 graph): the file name
 # below is what torch.hub caches under <hub dir>/checkpoints when torch-fidelity downloads it.
+EXTRACTOR_KINDS = ("none", "domain", "inception")
+"""``metrics.kind``: no metrics, a domain classifier's features, or Inception-v3 (ADM's suite)."""
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 
 

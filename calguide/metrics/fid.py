@@ -8,6 +8,9 @@ no ε-regularisation for singular covariances (fewer samples than dimensions). `
 uses ``scipy.linalg.sqrtm`` with the usual handling (ε·I offset when the product is singular,
 real part when the imaginary residue is negligible), as pytorch-fid and ADM's evaluator do; the
 two agree to rounding (see tests).
+
+:class:`FIDMetric` is the ``fid`` entry of the metrics registry (streamed statistics of the
+generated features against the reference ``mean`` / ``cov``).
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["FeatureStats", "fid_from_features", "fid_from_stats"]
+from calguide.metrics.registry import ComputeContext, Metric, MetricBatch, field_of
+
+__all__ = ["FIDMetric", "FeatureStats", "fid_from_features", "fid_from_stats"]
 
 _FID_METHODS = ("eigvals", "sqrtm")
 
@@ -257,3 +262,51 @@ class FeatureStats:
 
     def __repr__(self) -> str:
         return f"FeatureStats(dim={self.dim}, count={self.count})"
+
+
+class FIDMetric(Metric):
+    """Registry entry ``fid``: a :class:`FeatureStats` per rank, merged on rank 0; a repeated
+    sample is taken back with :meth:`FeatureStats.remove` from its kept features."""
+
+    name = "fid"
+    keys = ("fid",)
+    inputs = frozenset({"features"})
+
+    def new_state(self) -> FeatureStats:
+        return FeatureStats()
+
+    def update(self, state: FeatureStats, batch: MetricBatch) -> None:
+        assert batch.features is not None
+        state.update(batch.features)  # validates first: on error the sums are unchanged
+
+    def state_dict(self, state: FeatureStats) -> dict[str, Any]:
+        return state.state_dict()
+
+    def combine(self, states: list[Mapping[str, Any]]) -> FeatureStats:
+        stats = FeatureStats()
+        for s in states:
+            stats.merge(FeatureStats.from_state_dict(s))
+        return stats
+
+    def sample_rows(self, batch: MetricBatch) -> dict[str, Tensor]:
+        assert batch.features is not None
+        return {"features": batch.features.detach().to("cpu", torch.float32)}
+
+    def remove(self, combined: FeatureStats, rows: Mapping[str, Tensor]) -> FeatureStats:
+        return combined.remove(rows["features"])
+
+    def compute(self, combined: FeatureStats, ctx: ComputeContext) -> dict[str, Any]:
+        stats = combined
+        if stats.count < 2:
+            raise RuntimeError(f"GenerativeMetrics saw {stats.count} samples; need at least 2")
+        ref = ctx.reference
+        ref_mean, ref_cov = field_of(ref, "mean"), field_of(ref, "cov")
+        if ref_mean is None or ref_cov is None:
+            raise ValueError("reference statistics need 'mean' and 'cov'")
+        ref_mean, ref_cov = torch.as_tensor(ref_mean), torch.as_tensor(ref_cov)
+        if ref_mean.shape != (stats.dim,):
+            raise ValueError(
+                f"reference mean has shape {tuple(ref_mean.shape)} but the generated features "
+                f"have dim {stats.dim} (extractor {ctx.extractor_name!r})"
+            )
+        return {"fid": fid_from_stats(stats.mean, stats.covariance, ref_mean, ref_cov)}

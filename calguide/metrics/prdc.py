@@ -11,14 +11,29 @@ Distances are computed with ``torch.cdist`` on ``batch_size × batch_size`` bloc
 (whatever the storage dtype), so memory is O(N·D + batch_size²) — never N×N. The real×fake
 block is computed once and serves both precision and recall. Results do not depend on the
 order of the blocks; ``device`` chooses where the blocks are computed (e.g. a GPU).
+
+:class:`PrecisionRecallMetric` is the ``precision_recall`` entry of the metrics registry: it
+keeps a bounded subset of the generated feature rows, chosen by sample index.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import Tensor
 
-__all__ = ["knn_radii", "precision_recall"]
+from calguide.metrics._subset import SampleBuffer, as_dtype, release_free_heap, select_subset
+from calguide.metrics.registry import (
+    ComputeContext,
+    Metric,
+    MetricBatch,
+    MetricOptions,
+    field_of,
+)
+
+__all__ = ["PrecisionRecallMetric", "knn_radii", "precision_recall"]
 
 
 def _blocks(n: int, size: int) -> list[tuple[int, int]]:
@@ -125,3 +140,90 @@ def precision_recall(
     precision = fake_in_real.double().mean().item()
     recall = real_in_fake.double().mean().item()
     return float(precision), float(recall)
+
+
+class PrecisionRecallMetric(Metric):
+    """Registry entry ``precision_recall``: ``precision``, ``recall`` and ``num_pr_samples``.
+
+    Per rank a :class:`~calguide.metrics._subset.SampleBuffer` keeps the feature rows of at most
+    ``max_pr_samples`` samples, chosen by sample index (so the subset depends neither on batch
+    size nor on the device count); rank 0 takes the same subset of the ranks' union, each index
+    once, and the same-size subset of the reference rows (by row position). A repeated sample
+    needs no take-back: the subset holds each index once by construction.
+
+    Args: see the same-named arguments of
+    :class:`~calguide.metrics.callback.GenerativeMetrics`.
+    """
+
+    name = "precision_recall"
+    keys = ("precision", "recall")
+    extra_keys = ("num_pr_samples",)
+    inputs = frozenset({"features"})
+
+    def __init__(
+        self,
+        k: int = 3,
+        max_pr_samples: int | None = 50_000,
+        pr_features_dtype: torch.dtype | str = torch.float16,
+        pr_batch_size: int = 5000,
+        seed: int = 0,
+    ) -> None:
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if max_pr_samples is not None and max_pr_samples <= k:
+            raise ValueError(f"max_pr_samples must exceed k={k}, got {max_pr_samples}")
+        self.k = k
+        self.max_pr_samples = max_pr_samples
+        self.pr_features_dtype = as_dtype(pr_features_dtype)
+        self.pr_batch_size = pr_batch_size
+        self.seed = seed
+
+    @classmethod
+    def from_options(cls, options: MetricOptions) -> PrecisionRecallMetric:
+        return cls(
+            k=options.k,
+            max_pr_samples=options.max_pr_samples,
+            pr_features_dtype=options.pr_features_dtype,
+            pr_batch_size=options.pr_batch_size,
+            seed=options.seed,
+        )
+
+    def new_state(self) -> SampleBuffer:
+        return SampleBuffer(self.max_pr_samples, self.pr_features_dtype, self.seed)
+
+    def update(self, state: SampleBuffer, batch: MetricBatch) -> None:
+        assert batch.features is not None
+        state.add(batch.indices, batch.features)
+
+    def state_dict(self, state: SampleBuffer) -> dict[str, Tensor]:
+        return state.state()
+
+    def combine(self, states: list[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+        """{"indices", "features"}: the kept rows of all ranks, each index once, by index."""
+        with_rows = [s for s in states if s["indices"].numel()] or states[:1]
+        if len(with_rows) == 1:  # no copy of the (possibly 400 MB) feature block
+            idx, feat = with_rows[0]["indices"], with_rows[0]["features"]
+        else:
+            idx = torch.cat([s["indices"] for s in with_rows])
+            feat = torch.cat([s["features"] for s in with_rows])
+        idx, feat = select_subset(idx, feat, self.max_pr_samples, self.seed)
+        return {"indices": idx, "features": feat}
+
+    def remove(self, combined: dict[str, Tensor], rows: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return combined  # combine() already kept each index once
+
+    def compute(self, combined: Mapping[str, Tensor], ctx: ComputeContext) -> dict[str, Any]:
+        precision = recall = None
+        ref_feats = field_of(ctx.reference, "features")
+        fake = combined["features"]
+        if ref_feats is not None and fake.shape[0] > self.k:
+            release_free_heap()  # before the large distance blocks
+            ref_feats = torch.as_tensor(ref_feats)
+            if self.max_pr_samples is not None and ref_feats.shape[0] > self.max_pr_samples:
+                _, ref_feats = select_subset(
+                    torch.arange(ref_feats.shape[0]), ref_feats, self.max_pr_samples, self.seed
+                )
+            precision, recall = precision_recall(
+                ref_feats, fake, self.k, batch_size=self.pr_batch_size, device=ctx.device
+            )
+        return {"precision": precision, "recall": recall, "num_pr_samples": int(fake.shape[0])}

@@ -46,6 +46,8 @@ __all__ = [
 ]
 
 ADM_REFERENCE_KEYS = ("arr_0",)
+REFERENCE_SPLITS = ("heldout", "train")
+"""``metrics.reference``: a split of the configured data, or else a path to an ADM ``.npz``."""
 _ADM_HINT = (
     "ADM reference batches (e.g. VIRTUAL_imagenet128_labeled.npz) are linked from "
     "https://github.com/openai/guided-diffusion/tree/main/evaluations"

@@ -176,12 +176,14 @@ def load_classifier(
     params: Mapping[str, Any] | None = None,
     normalize: str = "none",
     input_size: int | None = None,
+    softplus_beta: float | None = None,
     what: str = "classifier",
 ) -> tuple[Classifier, dict[str, Any]]:
     """Rebuild from a calguide export, or from published weights (torchvision / ADM) + arch.
 
     Returns the classifier (eval mode) and its metadata (``temperature`` included, 1.0 for
-    published weights).
+    published weights). ``softplus_beta`` swaps every ReLU for Softplus(β) after loading (the
+    weights are the same; only the activation is smoothed).
     """
     raw = read_weights_file(path, what=what)
     if isinstance(raw, dict) and raw.get("format") == EXPORT_FORMAT:
@@ -190,6 +192,8 @@ def load_classifier(
         )
         load_weights(classifier.net, raw["state_dict"], source=str(path))
         meta = {k: v for k, v in raw.items() if k != "state_dict"}
+        if softplus_beta:
+            swap_relu_for_softplus(classifier.net, softplus_beta)
         return classifier.eval(), meta
     if arch is None:
         raise ValueError(
@@ -201,4 +205,6 @@ def load_classifier(
     load_weights(classifier.net, state_dict, source=str(path))
     if classifier.noise_aware and dict(params or {}).get("use_fp16"):
         classifier.net.convert_to_fp16()
+    if softplus_beta:
+        swap_relu_for_softplus(classifier.net, softplus_beta)
     return classifier.eval(), {"arch": arch, "params": dict(params or {}), "temperature": 1.0}

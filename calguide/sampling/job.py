@@ -10,23 +10,16 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from calguide.builders import loggers_from
-from calguide.callbacks import log_image
-from calguide.config import job_config
-from calguide.denoiser import load_denoiser
-from calguide.diffusion import GaussianDiffusion
-from calguide.guidance import GuidanceClassifier, build_schedule, build_strategy, make_guidance
-from calguide.io import atomic_write_text
+from calguide import assembly
+from calguide.config import is_guided, job_config
+from calguide.io import atomic_write_text, log_image
 from calguide.metrics.callback import GenerativeMetrics
-from calguide.metrics.setup import evaluate_samples, metrics_callback
-from calguide.nets.classifiers import load_classifier
+from calguide.metrics.evaluate import evaluate_samples
 from calguide.sampling.diagnostics import plot_diagnostics, save_snapshots, write_diagnostics_csv
 from calguide.sampling.grid import save_image_grid
 from calguide.sampling.labels import LabelDataModule
-from calguide.sampling.module import SamplingModule
 from calguide.sampling.requirements import check_required_files
 from calguide.sampling.writer import ShardWriter, merge_shards, save_npz, written_indices
 
@@ -53,52 +46,11 @@ def output_dir(cfg: DictConfig, batch_dependent: bool) -> Path:
     if cfg.sampling.out_dir:
         return Path(cfg.sampling.out_dir)
     name = (
-        f"{cfg.denoiser.name}-{cfg.classifier.name if cfg.guidance.name != 'none' else 'noclf'}"
+        f"{cfg.denoiser.name}-{cfg.classifier.name if is_guided(cfg) else 'noclf'}"
         f"-{cfg.guidance.name}-s{cfg.guidance.scale:g}-seed{cfg.seed}"
         f"-{run_identity(cfg, batch_dependent)}"
     )
     return Path(cfg.paths.artifacts) / cfg.data.name / "samples" / name
-
-
-def denoiser_from(cfg: DictConfig) -> tuple[torch.nn.Module, dict[str, Any]]:
-    path = (
-        cfg.denoiser.checkpoint
-        or f"{cfg.paths.artifacts}/{cfg.data.name}/{cfg.denoiser.name}/denoiser.pt"
-    )
-    flags = OmegaConf.to_container(cfg.denoiser.flags, resolve=True)
-    net, meta = load_denoiser(path, flags=flags, what=f"denoiser '{cfg.denoiser.name}'")
-    return net, meta
-
-
-def guidance_from(cfg: DictConfig, denoise_fn) -> Any:
-    spec = cfg.guidance
-    strategy = build_strategy(spec.name, **OmegaConf.to_container(spec.params, resolve=True))
-    if not strategy.is_active:
-        return None, {}
-    clf_spec = cfg.classifier
-    classifier, meta = load_classifier(
-        clf_spec.checkpoint,
-        arch=clf_spec.arch,
-        params=OmegaConf.to_container(clf_spec.params, resolve=True),
-        normalize=clf_spec.normalize,
-        input_size=clf_spec.input_size,
-        what=f"guidance classifier '{clf_spec.name}'",
-    )
-    temperature = float(meta.get("temperature", 1.0)) * float(spec.temperature)
-    wrapped = GuidanceClassifier(
-        classifier,
-        input_mode="noisy" if classifier.noise_aware else "x0",
-        temperature=temperature,
-        softplus_beta=clf_spec.softplus_beta,
-        through_denoiser=bool(spec.through_denoiser),
-    )
-    schedule = build_schedule(
-        spec.schedule, spec.scale, **OmegaConf.to_container(spec.schedule_params, resolve=True)
-    )
-    hook = make_guidance(
-        wrapped, strategy, schedule, int(cfg.diffusion.steps), denoise_fn=denoise_fn
-    )
-    return hook, meta
 
 
 def classifier_smece(meta: dict[str, Any]) -> float | None:
@@ -112,64 +64,17 @@ def classifier_smece(meta: dict[str, Any]) -> float | None:
 def run_sampling(cfg: DictConfig) -> dict[str, Any]:
     check_required_files(cfg)
     L.seed_everything(cfg.seed, workers=True)
-    denoiser, meta = denoiser_from(cfg)
-    flags = meta["flags"]
-    settings = {**OmegaConf.to_container(cfg.diffusion, resolve=True), **meta.get("diffusion", {})}
-    build = dict(
-        steps=int(settings["steps"]),
-        schedule=str(settings["schedule"]),
-        learn_sigma=bool(flags.get("learn_sigma", False)),
-        sigma_small=bool(settings.get("sigma_small", False)),
-    )
-    chain = GaussianDiffusion.from_config(respacing=str(cfg.diffusion.respacing), **build)
-    base = GaussianDiffusion.from_config(**build)
-    class_cond = bool(flags.get("class_cond", False))
-
-    def denoise_fn(x_t: torch.Tensor, t_model: torch.Tensor) -> torch.Tensor:
-        # x̂₀(x_t) with gradients, for through_denoiser guidance (not clipped: clipping would
-        # zero the gradient of saturated pixels).
-        labels = guidance.labels if class_cond else None
-        out = denoiser(x_t, t_model, labels).float()
-        eps, _ = base.split_output(out, x_t)
-        return base.predict_x0_from_eps(x_t, t_model, eps)
-
-    guidance, clf_meta = guidance_from(cfg, denoise_fn)
-    batch_dependent = bool(getattr(guidance, "batch_dependent", False))
-    out_dir = output_dir(cfg, batch_dependent)
+    setup = assembly.sampling_setup(cfg)
+    out_dir = output_dir(cfg, setup.batch_dependent)
     shard_dir = out_dir / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(
         OmegaConf.to_yaml(job_config(cfg)),
         out_dir / "config.yaml",
     )
-
-    num_classes = int(flags.get("num_classes") or cfg.data.num_classes)
-    sample_shape = (
-        int(flags.get("in_channels", 3)),
-        int(flags["image_size"]),
-        int(flags["image_size"]),
-    )
-    module = SamplingModule(
-        denoiser,
-        chain,
-        sample_shape=sample_shape,
-        class_cond=class_cond,
-        guidance=guidance,
-        sampler=cfg.diffusion.sampler,
-        eta=cfg.diffusion.eta,
-        clip_denoised=cfg.diffusion.clip_denoised,
-        seed=cfg.seed,
-        precision=str(cfg.sampling.precision),
-        snapshot_timesteps=tuple(cfg.sampling.snapshot_timesteps),
-        snapshot_count=int(cfg.sampling.snapshot_count),
-        progress=bool(cfg.sampling.progress),
-        noise=str(cfg.sampling.noise),
-        channels_last=bool(cfg.sampling.channels_last),
-        compile=bool(cfg.sampling.compile),
-    )
     datamodule = LabelDataModule(
         cfg.sampling.num_samples,
-        num_classes,
+        setup.num_classes,
         batch_size=cfg.sampling.batch_size,
         protocol=cfg.sampling.labels,
         seed=cfg.seed,
@@ -177,20 +82,17 @@ def run_sampling(cfg: DictConfig) -> dict[str, Any]:
         done=lambda: written_indices(shard_dir),
     )
     writer = ShardWriter(shard_dir)
-    metrics = metrics_callback(cfg, out_dir)
+    metrics = assembly.metrics_callback(cfg, out_dir)
     already = len(written_indices(shard_dir))
     if already:
         print(f"calguide: resuming {out_dir}: {already} of {cfg.sampling.num_samples} samples done")
     # Streaming metrics only see this process's batches: after a resume they are computed from
     # the merged set instead (see finish).
     streaming = [metrics] if metrics is not None and not already else []
-    trainer: L.Trainer = instantiate(
-        cfg.trainer,
-        callbacks=[writer, *streaming],
-        logger=loggers_from(cfg) or False,
-        use_distributed_sampler=False,
+    trainer: L.Trainer = assembly.trainer(
+        cfg, callbacks=[writer, *streaming], use_distributed_sampler=False
     )
-    trainer.predict(module, datamodule=datamodule, return_predictions=False)
+    trainer.predict(setup.module, datamodule=datamodule, return_predictions=False)
     trainer.strategy.barrier()
     if not trainer.is_global_zero:
         return {}
@@ -199,10 +101,10 @@ def run_sampling(cfg: DictConfig) -> dict[str, Any]:
         trainer,
         out_dir,
         writer,
-        num_classes,
+        setup.num_classes,
         metrics,
         resumed=bool(already),
-        classifier_meta=clf_meta,
+        classifier_meta=setup.classifier_meta,
     )
 
 
@@ -232,7 +134,7 @@ def finish(
         "num_samples": int(merged["images"].shape[0]),
         "guidance": cfg.guidance.name,
         "scale": float(cfg.guidance.scale),
-        "classifier": cfg.classifier.checkpoint if cfg.guidance.name != "none" else None,
+        "classifier": cfg.classifier.checkpoint if is_guided(cfg) else None,
         "temperature": float(cfg.guidance.temperature),
         "seed": int(cfg.seed),
         "out_dir": str(out_dir),

@@ -1,8 +1,11 @@
-"""SamplingModule: a denoiser, a diffusion chain and an optional guidance hook, as predict_step.
+"""SamplingModule: a denoiser, a diffusion chain, a sampler and optional guidance, as predict_step.
 
-The module knows nothing of strategies (the hook does) nor of files (the writer does): one
-batch of (global index, label) in, uint8 images (or raw float samples for non-image data such
-as the mixture lab) and per-timestep diagnostics out.
+The module knows nothing of strategies (the guidance does), of integrators (the sampler does)
+nor of files (the writer does): one batch of (global index, label) in, uint8 images (or raw
+float samples for non-image data such as the mixture lab) and per-timestep diagnostics out.
+It owns every call of the denoiser, the x̂₀ that ``through_denoiser`` guidance differentiates
+included, so autocast, channels_last and compile apply to all of them; the batch's labels
+reach the guidance as an argument of :meth:`ClassifierGuidance.bind`.
 
 Fast paths are switches (``sampling.*`` in the config), each off by default: autocast of the
 denoiser and classifier (bf16/fp16, CUDA only), channels_last memory format, and
@@ -18,7 +21,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from calguide.diffusion import GaussianDiffusion, StepOutput, sample_loop
+from calguide.diffusion import GaussianDiffusion, Sampler, StepOutput, build_sampler, sample_loop
 from calguide.guidance.hook import ClassifierGuidance
 from calguide.sampling.grid import to_uint8
 from calguide.sampling.noise import BatchNoise, PerSampleNoise
@@ -36,7 +39,7 @@ class SamplingModule(L.LightningModule):
         sample_shape: tuple[int, ...],
         class_cond: bool,
         guidance: ClassifierGuidance | None = None,
-        sampler: str = "ddpm",
+        sampler: Sampler | str = "ddpm",
         eta: float = 0.0,
         clip_denoised: bool = True,
         seed: int = 0,
@@ -58,8 +61,10 @@ class SamplingModule(L.LightningModule):
             raise ValueError(f"image samples need a (C, H, W) shape, got {tuple(sample_shape)}")
         if channels_last and len(sample_shape) != 3:
             raise ValueError("sampling.channels_last=true needs image samples (C, H, W)")
+        if isinstance(sampler, str):
+            sampler = build_sampler(sampler, **({"eta": eta} if sampler == "ddim" else {}))
+        sampler.check(guidance)  # before any work: e.g. DDIM refuses x̂₀-space guidance
         self.denoiser = denoiser.eval().requires_grad_(False)
-        self.guidance_classifier = guidance.classifier if guidance is not None else None
         self.diffusion = diffusion
         self.guidance = guidance
         self.sample_shape = tuple(int(s) for s in sample_shape)
@@ -68,15 +73,12 @@ class SamplingModule(L.LightningModule):
         self.channels_last = channels_last
         if channels_last:
             self.denoiser.to(memory_format=torch.channels_last)
-            if self.guidance_classifier is not None:
-                self.guidance_classifier.to(memory_format=torch.channels_last)
+            if self.guidance is not None:
+                self.guidance.to(memory_format=torch.channels_last)
         # Compiled lazily on the first call; kept out of the module tree (same weights).
         self._forward = [torch.compile(self.denoiser) if compile else self.denoiser]
-        if guidance is not None and hasattr(guidance, "amp_dtype"):
-            guidance.amp_dtype = PRECISIONS[precision]
         self.class_cond = class_cond
         self.sampler = sampler
-        self.eta = eta
         self.clip_denoised = clip_denoised
         self.seed = int(seed)
         self.precision = precision
@@ -102,14 +104,32 @@ class SamplingModule(L.LightningModule):
 
         return call
 
+    def denoise_fn(self, labels: Tensor):
+        """``(x_t, t_model) -> x̂₀`` through this module's denoiser call, with gradients (for
+        ``through_denoiser`` guidance; not clipped: clipping zeroes saturated pixels' gradient)."""
+        model = self.model_fn(labels)
+
+        def x0(x_t: Tensor, t_model: Tensor) -> Tensor:
+            return self.diffusion.x0_at_model_timesteps(model(x_t, t_model), x_t, t_model)
+
+        return x0
+
+    def bound_guidance(self, labels: Tensor):
+        """This batch's guidance (``None`` when unguided)."""
+        if self.guidance is None:
+            return None
+        return self.guidance.bind(
+            labels,
+            denoise_fn=self.denoise_fn(labels) if self.guidance.needs_denoiser else None,
+            amp_dtype=PRECISIONS[self.precision],
+        )
+
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> dict[str, Any]:
         indices, labels = batch["indices"], batch["labels"].to(self.device)
         noise_cls = PerSampleNoise if self.noise == "per_sample" else BatchNoise
         noise = noise_cls(self.seed, indices.tolist(), self.sample_shape, self.device)
         x_T = noise.draw()
-        if self.guidance is not None:
-            self.guidance.bind(labels)
-            self.guidance.diagnostics.clear()
+        guidance = self.bound_guidance(labels)
         snapshots: dict[int, dict[str, Tensor]] = {}
         keep = indices < self.snapshot_count
 
@@ -127,14 +147,13 @@ class SamplingModule(L.LightningModule):
             self.model_fn(labels),
             x_T,
             sampler=self.sampler,
-            eta=self.eta,
-            guidance=self.guidance,
+            guidance=guidance,
             noise_fn=noise,
             clip_denoised=self.clip_denoised,
             progress=self.progress,
             callback=observe if self.snapshot_timesteps and self.snapshot_count else None,
         )
-        diagnostics = self.guidance.diagnostics.per_timestep() if self.guidance else {}
+        diagnostics = guidance.diagnostics.per_timestep() if guidance is not None else {}
         return {
             "indices": indices.cpu(),
             "labels": labels.cpu(),

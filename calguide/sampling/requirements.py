@@ -10,6 +10,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from calguide.config import is_guided
+
 
 def required_files(cfg: DictConfig) -> list[tuple[str, Path]]:
     """(what, path) of every input file of a ``calguide-sample`` config."""
@@ -22,7 +24,7 @@ def required_files(cfg: DictConfig) -> list[tuple[str, Path]]:
             ),
         )
     ]
-    if cfg.guidance.name != "none":
+    if is_guided(cfg):
         needed.append(
             (
                 f"guidance classifier '{cfg.classifier.name}' (classifier.checkpoint)",

@@ -1,4 +1,4 @@
-"""Lightning callbacks shared by the entry points: export, pictures, image logging."""
+"""The denoiser training job's callbacks: export the EMA weights, draw an unguided grid."""
 
 from __future__ import annotations
 
@@ -10,15 +10,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from calguide.denoiser import DenoiserModule, export_denoiser
+from calguide.io import log_image
 from calguide.sampling.grid import save_image_grid
-
-
-def log_image(trainer: L.Trainer, key: str, path: str | os.PathLike, caption: str = "") -> None:
-    """Send a saved picture to every logger that takes images (W&B); others keep the file."""
-    for logger in trainer.loggers:
-        log = getattr(logger, "log_image", None)
-        if callable(log):
-            log(key=key, images=[str(path)], caption=[caption or Path(path).name])
 
 
 class ExportDenoiser(L.Callback):

@@ -1,7 +1,7 @@
 """Aggregate sampling sweeps into one table: mean ± std over seeds, next to published numbers.
 
-    python experiments/aggregate.py logs/tables/digits_strategies      # cond/ and uncond/ below
-    python experiments/aggregate.py logs/sample/multiruns/<date> --table imagenet128_main \\
+    calguide-aggregate logs/tables/digits_strategies      # cond/ and uncond/ below
+    calguide-aggregate logs/sample/multiruns/<date> --table imagenet128_main \\
         --rows guidance.name,guidance.scale,classifier.name --metrics fid,precision,recall
 
 Reads every ``sampling.json`` below the given folders (searched recursively, so a folder of
@@ -14,8 +14,9 @@ the two byte-identical copies of one run's file (Hydra folder and sample folder)
 Runs are grouped by ``--rows`` (default ``guidance.name,guidance.scale,classifier.name,
 denoiser.name``) across seeds; each metric gets its mean, sample std (ddof=1) and count. Unguided
 runs (``guidance.name=none``) have their ``classifier.*`` keys emptied: the classifier is unused.
-Rows whose config matches an entry of ``experiments/published.yaml`` (table ``--table``, by
-default the runs' ``experiment.table``) get the published numbers beside them.
+Rows whose config matches an entry of the published-numbers YAML (``--published``, by default
+``published.yaml`` shipped beside this module; table ``--table``, by default the runs'
+``experiment.table``) get the published numbers beside them.
 
 Writes into ``--out`` (default: the first folder): ``table.md`` (markdown table, also printed),
 ``table.csv`` (one line per row), ``runs.csv`` (one line per run), ``fid_vs_scale.png`` and
@@ -40,9 +41,12 @@ from typing import Any
 import yaml
 
 from calguide.io import atomic_path, atomic_write_text
+from calguide.metrics.registry import BUILTIN_METRICS, metric_keys
 
 DEFAULT_ROWS = ("guidance.name", "guidance.scale", "classifier.name", "denoiser.name")
-DEFAULT_METRICS = ("fid", "precision", "recall", "class_acc", "classifier_smece")
+# The built-in metrics' result keys (a plugin metric's keys: pass --metrics), then the
+# guidance classifier's recorded smECE.
+DEFAULT_METRICS = (*metric_keys(BUILTIN_METRICS), "classifier_smece")
 DEFAULT_PUBLISHED = Path(__file__).with_name("published.yaml")
 
 # Decimals of a metric's cells; other metrics get 4 significant digits.
@@ -549,7 +553,7 @@ def _split(text: str) -> list[str]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="aggregate",
+        prog="calguide-aggregate",
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n" + "\n".join(__doc__.splitlines()[2:5]),

@@ -1,6 +1,6 @@
 """Before a table runs: expand its sweep, list every input file, stop if any is missing.
 
-    python experiments/preflight.py imagenet128_main [overrides ...]
+    calguide-preflight imagenet128_main [overrides ...]
 
 Composes ``calguide-sample`` with ``experiment=<name>`` for every combination of the
 experiment's ``hydra.sweeper.params`` (as Hydra's basic sweeper would), prints the command that
@@ -59,7 +59,7 @@ def table_files(experiment: str, overrides: Sequence[str]) -> tuple[int, dict[Pa
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="calguide-preflight", description=__doc__.splitlines()[0])
     parser.add_argument("experiment", help="a name under conf/experiment/")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job")
     args = parser.parse_args(argv)

@@ -1,0 +1,1 @@
+"""The evaluation job (``calguide-eval``): metrics of an existing ``.npz`` of samples."""

@@ -1,0 +1,1 @@
+"""The pipeline's command-line tools: what runs between and after jobs."""

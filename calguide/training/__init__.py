@@ -1,0 +1,1 @@
+"""The denoiser training job (``calguide-train``) and its callbacks."""

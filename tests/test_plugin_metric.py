@@ -20,9 +20,8 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch.loggers import Logger
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from calguide.metrics import (
     BUILTIN_METRICS,
@@ -43,6 +42,8 @@ from calguide.nets import small_resnet
 
 TOY = "feature_norm"
 SIZE, CLASSES = 8, 4
+# The shared fakes of the callback tests: indexed requests, a sampler, a logger in memory.
+from test_metrics_callback import _FakeSampler, _images_for, _MemoryLogger, _Requests  # noqa: E402
 
 
 @register_metric(TOY)
@@ -90,15 +91,6 @@ class FeatureNorm(Metric):
 # ---------------------------------------------------------------------------- helpers
 
 
-def _images_for(indices: Tensor, seed: int = 0) -> Tensor:
-    """One uint8 8×8 grey image per index, a function of the index alone."""
-    out = []
-    for i in indices.tolist():
-        g = torch.Generator().manual_seed(seed * 1_000_003 + i)
-        out.append(torch.randint(0, 256, (SIZE, SIZE, 1), generator=g, dtype=torch.uint8))
-    return torch.stack(out)
-
-
 @pytest.fixture(scope="module")
 def extractor() -> ClassifierFeatureExtractor:
     torch.manual_seed(0)
@@ -126,43 +118,6 @@ def _rank_shards(n: int, world: int) -> list[Tensor]:
     total = math.ceil(n / world) * world
     padded = torch.cat([torch.arange(n), torch.arange(total - n)])
     return [padded[r::world] for r in range(world)]
-
-
-class _Requests(Dataset):
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int):
-        return torch.tensor(i), torch.tensor(i % CLASSES)
-
-
-class _FakeSampler(L.LightningModule):
-    def predict_step(self, batch, batch_idx):
-        indices, labels = batch
-        return {"images": _images_for(indices), "labels": labels, "indices": indices}
-
-
-class _MemoryLogger(Logger):
-    def __init__(self) -> None:
-        super().__init__()
-        self.logged: list[dict[str, float]] = []
-
-    @property
-    def name(self) -> str:
-        return "memory"
-
-    @property
-    def version(self) -> int:
-        return 0
-
-    def log_metrics(self, metrics, step=None) -> None:
-        self.logged.append(dict(metrics))
-
-    def log_hyperparams(self, params, *args, **kwargs) -> None:
-        pass
 
 
 # ------------------------------------------------------------------------------ tests

@@ -10,7 +10,6 @@ callback and the loggers. Nothing below this layer reads a config; nothing here 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from calguide.data import ImageDataModule
 from calguide.denoiser import load_denoiser
 from calguide.diffusion import GaussianDiffusion, Sampler
 from calguide.guidance import ClassifierGuidance, GuidanceClassifier, make_guidance
+from calguide.io import content_sha256
 from calguide.metrics.callback import GenerativeMetrics
 from calguide.metrics.features import ClassifierFeatureExtractor, InceptionExtractor
 from calguide.metrics.reference import (
@@ -256,11 +256,9 @@ def sampling_setup(cfg: DictConfig) -> SamplingSetup:
 
 
 def file_identity(path: str | os.PathLike) -> str:
-    """Size + hash of the first MiB: cheap, and changes whenever a retrained file replaces it."""
-    p = Path(path)
-    with open(p, "rb") as handle:
-        head = handle.read(1 << 20)
-    return f"{p.stat().st_size}:{hashlib.sha256(head).hexdigest()[:16]}"
+    """Size + sha256 of the file's bytes (hashed once per size and mtime): what the reference
+    statistics' cache key names a file by, so a replaced file is never mistaken for the old."""
+    return f"{Path(path).stat().st_size}:{content_sha256(path)[:16]}"
 
 
 def evaluation_extractor(spec: MetricsConfig) -> ClassifierFeatureExtractor:

@@ -15,6 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from calguide.config import ConfigError, conf_dir, renamed_hint, validate
+from calguide.errors import CalguideError
 from calguide.plugins import import_plugins
 
 FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
@@ -168,12 +169,11 @@ def hydra_main(config_name: str) -> Callable[[Callable[[DictConfig], object]], C
                 import_plugins(cfg)
                 validate(cfg)  # the pre-flight's result when it checked this same config
                 return task(cfg)
-            except ConfigError as err:
-                fail(str(err))
-            except FileNotFoundError as err:
+            except (CalguideError, FileNotFoundError) as err:
+                # One line for what the user can fix; anything else is a bug: its traceback.
                 if os.environ.get("HYDRA_FULL_ERROR") == "1":
                     raise
-                fail(str(err))
+                fail(str(err).strip() or type(err).__name__)
             return None
 
         def main() -> None:

@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from calguide.calibration.module import INPUT_MODES
 from calguide.diffusion.samplers import build_sampler, sampler_names
 from calguide.diffusion.schedules import SCHEDULES, space_timesteps
+from calguide.errors import ConfigError
 from calguide.metrics.features import EXTRACTOR_KINDS
 from calguide.metrics.reference import REFERENCE_SPLITS
 from calguide.metrics.registry import BUILTIN_METRICS, metric_names
@@ -26,10 +27,6 @@ from calguide.nets.classifiers import ARCHITECTURES, NORMALIZATIONS
 from calguide.sampling.labels import LABEL_PROTOCOLS
 from calguide.sampling.module import NOISE_MODES
 from calguide.sampling.module import PRECISIONS as SAMPLING_PRECISIONS
-
-
-class ConfigError(ValueError):
-    """A config value is wrong; the message is one line that names the key."""
 
 
 def conf_dir() -> Path:
@@ -299,6 +296,7 @@ class SamplingConfig:
     snapshot_count: int = 0
     progress: bool = True
     out_dir: str | None = None
+    lock_wait_s: float = 3600.0
     noise: str = "per_sample"
     channels_last: bool = False
     compile: bool = False
@@ -311,6 +309,7 @@ class SamplingConfig:
         _at_least("sampling.fixed_class", self.fixed_class, 0)
         _choice("sampling.precision", self.precision, tuple(SAMPLING_PRECISIONS))
         _at_least("sampling.snapshot_count", self.snapshot_count, 0)
+        _at_least("sampling.lock_wait_s", self.lock_wait_s, 0.0)
 
 
 @dataclass

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from calguide.diffusion import GaussianDiffusion, sample_loop
+from calguide.errors import CheckpointError
 from calguide.io import atomic_torch_save
 from calguide.nets import create_unet, extract_state_dict, load_weights, read_weights_file
 
@@ -204,7 +205,7 @@ def load_denoiser(
         load_weights(net, raw["state_dict"], source=str(path))
         return net.eval(), meta
     if flags is None:
-        raise ValueError(
+        raise CheckpointError(
             f"{what}: {path} is a bare state dict; its ADM flags must come from the config "
             "(denoiser.flags)"
         )

@@ -3,6 +3,7 @@ handing a written picture to the run's loggers."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -67,3 +68,89 @@ def log_image(trainer: Any, key: str, path: str | os.PathLike, caption: str = ""
         log = getattr(logger, "log_image", None)
         if callable(log):
             log(key=key, images=[str(path)], caption=[caption or Path(path).name])
+
+
+# --------------------------------------------------------------------------- content identity
+
+
+def hash_cache_file() -> Path:
+    """Where file hashes are remembered: ``$CALGUIDE_HASH_CACHE``, else the user's cache."""
+    env = os.environ.get("CALGUIDE_HASH_CACHE")
+    if env:
+        return Path(env)
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "calguide" / "sha256.json"
+
+
+def content_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, remembered by (absolute path, size, mtime) so a
+    multi-GB checkpoint is read once; a replaced file (new size or mtime) is hashed again."""
+    import hashlib
+    import json
+
+    p = Path(path).resolve()
+    stat = p.stat()
+    key = f"{p}|{stat.st_size}|{stat.st_mtime_ns}"
+    cache_file = hash_cache_file()
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if isinstance(cache, dict) and isinstance(cache.get(key), str):
+        return cache[key]
+    digest = hashlib.sha256()
+    with open(p, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    value = digest.hexdigest()
+    if not isinstance(cache, dict):
+        cache = {}
+    stale = [k for k in cache if k.startswith(f"{p}|")]
+    for k in stale:
+        del cache[k]
+    cache[key] = value
+    with contextlib.suppress(OSError):  # an unwritable cache only costs hashing again
+        atomic_write_json(cache, cache_file)
+    return value
+
+
+# ------------------------------------------------------------------------------ run folders
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike, *, wait_s: float, what: str) -> Iterator[None]:
+    """Hold ``<folder>/.lock`` exclusively (``flock``; released by the kernel if the process
+    dies). Another holder: say so once and wait up to ``wait_s`` seconds, then stop with one
+    line naming the holder."""
+    import fcntl
+    import socket
+    import time
+
+    from calguide.errors import RunStateError
+
+    path = Path(folder) / ".lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    try:
+        deadline, announced = time.monotonic() + max(0.0, wait_s), False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = path.read_text().strip() or "another process"
+                if time.monotonic() >= deadline:
+                    raise RunStateError(
+                        f"{what} {Path(folder)} is in use by {holder}; waited {wait_s:g} s "
+                        "(sampling.lock_wait_s); rerun when it has finished (finished work is "
+                        "kept) or choose another folder"
+                    ) from None
+                if not announced:
+                    print(f"calguide: {what} {Path(folder)} is in use by {holder}; waiting")
+                    announced = True
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        yield
+    finally:
+        os.close(fd)  # releases the lock

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -15,6 +16,10 @@ from omegaconf import DictConfig, open_dict
 from calguide.config import conf_dir
 
 os.environ.setdefault("WANDB_MODE", "offline")
+# File hashes (run identities) are remembered per test session, not in the user's cache.
+os.environ.setdefault(
+    "CALGUIDE_HASH_CACHE", os.path.join(tempfile.mkdtemp(prefix="calguide-tests-"), "sha256.json")
+)
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 

@@ -26,7 +26,7 @@ from calguide.sample import main as sample_main
 from calguide.sampling.labels import LabelDataModule, chunk_ranges, sample_labels
 from calguide.sampling.module import SamplingModule
 from calguide.sampling.noise import PerSampleNoise, sample_seed
-from calguide.sampling.writer import merge_shards, save_npz
+from calguide.sampling.writer import diagnostics_arrays, merge_shards, save_npz
 
 
 def tiny_denoiser(seed: int = 0) -> DenoiserModule:
@@ -121,7 +121,38 @@ def test_per_sample_noise_does_not_depend_on_the_batch():
     part = PerSampleNoise(7, [4, 5], (1, 4, 4))
     torch.testing.assert_close(part.draw(), first[4:])
     torch.testing.assert_close(part.draw(), second[4:])
-    assert sample_seed(0, 1) != sample_seed(1, 0) != sample_seed(0, 2)
+    # Every (seed, index) pair gets its own seed: all pairwise different (a chained != would
+    # never compare the first value with the third).
+    pairs = [(seed, index) for seed in range(3) for index in range(50)]
+    seeds = [sample_seed(seed, index) for seed, index in pairs]
+    assert len(set(seeds)) == len(pairs)
+    assert sample_seed(0, 1) != sample_seed(0, 2) and sample_seed(0, 1) != sample_seed(1, 0)
+    assert sample_seed(3, 17) == sample_seed(3, 17)
+
+
+def test_merge_pools_diagnostics_across_shards_of_the_same_timesteps(tmp_path):
+    """Two shards over the same timesteps: n adds up and each mean is the n-weighted mean."""
+    for first, n, p_y in ((0, 2, 0.2), (2, 6, 0.6)):
+        indices = np.arange(first, first + (2 if first == 0 else 6))
+        per_t = {
+            t: {"n": n, "grad_norm": 1.0 * t, "p_y": p_y, "entropy": 0.5, "scale": 2.0}
+            for t in (999, 500)
+        }
+        save_npz(
+            tmp_path / f"{indices.min():08d}-{indices.max():08d}.npz",
+            images=np.zeros((len(indices), 8, 8, 1), np.uint8),
+            labels=indices % 3,
+            indices=indices,
+            **diagnostics_arrays(per_t),
+        )
+    merged = merge_shards(tmp_path, 8)
+    assert merged["labels"].tolist() == [i % 3 for i in range(8)]
+    pooled = merged["diagnostics"]
+    assert sorted(pooled) == [500, 999]
+    for t in (500, 999):
+        assert pooled[t]["n"] == 8
+        assert pooled[t]["p_y"] == pytest.approx((2 * 0.2 + 6 * 0.6) / 8)
+        assert pooled[t]["grad_norm"] == pytest.approx(float(t))
 
 
 # --------------------------------------------------------------------------- invariances
@@ -233,7 +264,9 @@ def test_sample_job_writes_adm_npz_and_resumes(compose_config, artifacts, tmp_pa
     # Lose some shards (as a kill would) and leave a stray temp file: the rerun redoes exactly
     # the missing chunks and merges to the same arrays.
     shards = sorted((out / "shards").glob("*.npz"))
-    assert len(shards) == 3
+    assert len(shards) == 3  # three shards over the same timesteps: diagnostics pool across them
+    first_bytes = (out / "samples.npz").read_bytes()
+    first_diagnostics = (out / "diagnostics.csv").read_text()
     shards[1].unlink()
     (out / "shards" / ".00000004-00000007.npz.123.tmp").write_bytes(b"partial")
     (out / "samples.npz").unlink()
@@ -241,7 +274,10 @@ def test_sample_job_writes_adm_npz_and_resumes(compose_config, artifacts, tmp_pa
     with np.load(out / "samples.npz") as npz:
         np.testing.assert_array_equal(npz["arr_0"], images)
         np.testing.assert_array_equal(npz["arr_1"], labels)
+    assert (out / "samples.npz").read_bytes() == first_bytes
+    assert (out / "diagnostics.csv").read_text() == first_diagnostics
     assert len(list((out / "shards").glob("*.npz"))) == 3
+    assert not list((out / "shards").glob(".*.tmp"))
     # Metrics after a resume cover all samples, as if uninterrupted.
     resumed_metrics = json.loads((out / "metrics.json").read_text())
     for key in ("fid", "precision", "recall", "class_acc"):
@@ -249,7 +285,11 @@ def test_sample_job_writes_adm_npz_and_resumes(compose_config, artifacts, tmp_pa
 
 
 def test_default_out_dir_is_keyed_by_config(compose_config, artifacts, tmp_path):
-    from calguide.sampling.job import output_dir
+    from calguide.sampling.job import input_identity
+    from calguide.sampling.job import output_dir as output_dir_of
+
+    def output_dir(cfg, batch_dependent):
+        return output_dir_of(cfg, batch_dependent, input_identity(cfg))
 
     base = sample_overrides(artifacts, tmp_path, "sampling.out_dir=null")
     a = output_dir(compose_config("sample", [*base, "guidance.scale=1"]), False)

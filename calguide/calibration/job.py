@@ -62,7 +62,7 @@ def save_diagrams(
 
 def run_calibration(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate the starting classifier, calibrate it, evaluate again, export, report."""
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     output = Path(cfg.output)
     out_dir = output.with_suffix("")
     run = checked(cfg)

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from calguide.errors import CheckpointError
+
 __all__ = [
     "CONTAINER_KEYS",
     "LayoutDiff",
@@ -35,7 +37,7 @@ Shape = list[int]
 LayoutDiff = tuple[list[str], list[str], list[tuple[str, Shape, Shape]]]
 
 
-class StateDictMismatchError(ValueError):
+class StateDictMismatchError(CheckpointError):
     """Raised when a state dict does not fit a module; attributes hold the full diff."""
 
     def __init__(
@@ -117,12 +119,18 @@ def read_weights_file(path: str | PathLike[str], *, what: str) -> Any:
     if not p.exists():
         raise FileNotFoundError(f"{what} not found: expected a file at {p}")
     if not p.is_file():
-        raise ValueError(f"{what}: {p} is not a regular file")
+        raise CheckpointError(f"{what}: {p} is not a regular file (expected a weights file)")
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # the unpickler raises many types (IndexError on garbage bytes)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{what}: {p} is not a readable PyTorch weights file ({reason})") from exc
+        if reason.startswith("Weights only load failed"):
+            # torch's advice here is to load it unsafely; the file is refused instead.
+            reason = "it holds Python objects besides tensors; refused, no code was run"
+        raise CheckpointError(
+            f"{what}: {p} is not a readable PyTorch weights file ({reason}); expected a "
+            "torch.save file of tensors (calguide export, ADM or torchvision weights)"
+        ) from None
 
 
 def extract_state_dict(
@@ -134,13 +142,13 @@ def extract_state_dict(
         found = type(sd).__name__
         if isinstance(sd, Mapping):
             found += f" with keys {list(sd)[:5]}"
-        raise ValueError(
+        raise CheckpointError(
             f"{what}: {source} does not contain a state dict of tensors (found {found})"
         )
     if strip_prefix:
         kept = {k[len(strip_prefix) :]: v for k, v in sd.items() if k.startswith(strip_prefix)}
         if not kept:
-            raise ValueError(
+            raise CheckpointError(
                 f"{what}: no key in {source} starts with prefix {strip_prefix!r} "
                 f"(first keys: {list(sd)[:5]})"
             )

@@ -4,34 +4,86 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from calguide import assembly
-from calguide.config import is_guided, job_config
-from calguide.io import atomic_write_text, log_image
+from calguide.config import checked, is_guided, job_config
+from calguide.errors import ConfigError, RunStateError
+from calguide.io import (
+    atomic_write_json,
+    atomic_write_text,
+    content_sha256,
+    folder_lock,
+    log_image,
+)
 from calguide.metrics.callback import GenerativeMetrics
 from calguide.metrics.evaluate import evaluate_samples
-from calguide.sampling.diagnostics import plot_diagnostics, save_snapshots, write_diagnostics_csv
+from calguide.metrics.reference import REFERENCE_SPLITS
+from calguide.sampling.diagnostics import (
+    plot_diagnostics,
+    read_diagnostics_csv,
+    save_snapshots,
+    write_diagnostics_csv,
+)
 from calguide.sampling.grid import save_image_grid
 from calguide.sampling.labels import LabelDataModule
 from calguide.sampling.requirements import check_required_files
-from calguide.sampling.writer import ShardWriter, merge_shards, save_npz, written_indices
+from calguide.sampling.writer import (
+    ShardWriter,
+    heal_shards,
+    merge_shards,
+    save_npz,
+    written_indices,
+)
 
 # Config sections whose values change the samples (batch size only for batch-level strategies).
 IDENTITY_SECTIONS = ("data", "denoiser", "diffusion", "classifier", "guidance")
 IDENTITY_SAMPLING_KEYS = ("num_samples", "labels", "fixed_class", "precision", "noise")
+# Paths inside those sections: the files they name count by content (``inputs``) instead.
+PATH_KEYS = (
+    ("denoiser", "checkpoint"),
+    ("classifier", "checkpoint"),
+    ("data", "root"),
+    ("data", "path"),
+)
 
 
-def run_identity(cfg: DictConfig, batch_dependent: bool) -> str:
+def input_files(cfg: DictConfig) -> dict[str, Path]:
+    """The files whose contents decide the samples: the denoiser, and the classifier when
+    guided."""
+    files = {"denoiser": assembly.denoiser_path(cfg)}
+    if is_guided(cfg):
+        files["classifier"] = Path(cfg.classifier.checkpoint)
+    return files
+
+
+def input_identity(cfg: DictConfig) -> dict[str, str]:
+    """role -> sha256 of the file's bytes (cached by size and mtime: large files hash once)."""
+    return {role: content_sha256(path) for role, path in input_files(cfg).items()}
+
+
+def run_identity(cfg: DictConfig, batch_dependent: bool, inputs: dict[str, str]) -> str:
     """A short hash of everything that determines the samples: the output folder's suffix, so
-    a rerun of the same command resumes and any change of a knob starts a fresh folder."""
+    a rerun of the same command resumes and any change of a knob starts a fresh folder.
+
+    Files count by content (``inputs``), not by path: replacing the classifier file starts a
+    new run, moving the artifacts folder does not.
+    """
     ident = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in IDENTITY_SECTIONS}
+    for section, key in PATH_KEYS:
+        ident[section].pop(key, None)
+    ident["inputs"] = inputs
     ident["sampling"] = {k: cfg.sampling.get(k) for k in IDENTITY_SAMPLING_KEYS}
     if ident["sampling"]["noise"] in (None, "per_sample"):  # the default keeps older hashes
         del ident["sampling"]["noise"]
@@ -42,15 +94,57 @@ def run_identity(cfg: DictConfig, batch_dependent: bool) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
 
-def output_dir(cfg: DictConfig, batch_dependent: bool) -> Path:
+def output_dir(cfg: DictConfig, batch_dependent: bool, inputs: dict[str, str]) -> Path:
     if cfg.sampling.out_dir:
         return Path(cfg.sampling.out_dir)
     name = (
         f"{cfg.denoiser.name}-{cfg.classifier.name if is_guided(cfg) else 'noclf'}"
         f"-{cfg.guidance.name}-s{cfg.guidance.scale:g}-seed{cfg.seed}"
-        f"-{run_identity(cfg, batch_dependent)}"
+        f"-{run_identity(cfg, batch_dependent, inputs)}"
     )
     return Path(cfg.paths.artifacts) / cfg.data.name / "samples" / name
+
+
+def check_inputs_record(out_dir: Path, inputs: dict[str, str]) -> None:
+    """Record the inputs' hashes in a new run folder; refuse one made from other inputs (a
+    fixed ``sampling.out_dir`` reused after a file changed)."""
+    record = out_dir / "inputs.json"
+    if record.is_file():
+        try:
+            before = json.loads(record.read_text())
+        except ValueError:
+            before = None
+        if before != inputs:
+            changed = sorted(
+                k for k in {*inputs, *(before or {})} if (before or {}).get(k) != inputs.get(k)
+            )
+            raise RunStateError(
+                f"sampling.out_dir={out_dir} holds samples of other inputs ({', '.join(changed)} "
+                "changed since it was started); delete it or choose another folder"
+            )
+    else:
+        atomic_write_json(inputs, record)
+
+
+def check_against_model(cfg: DictConfig, setup: assembly.SamplingSetup) -> None:
+    """Values that only the loaded denoiser can check, before any sampling."""
+    run = checked(cfg)
+    if run.sampling.labels == "fixed" and run.sampling.fixed_class >= setup.num_classes:
+        raise ConfigError(
+            f"sampling.fixed_class={run.sampling.fixed_class}: must be in "
+            f"[0, {setup.num_classes}) (the denoiser's classes)"
+        )
+    channels, size, _ = setup.module.sample_shape
+    metrics = run.metrics
+    against_data = metrics is not None and metrics.kind != "none"
+    against_data = against_data and metrics.reference in REFERENCE_SPLITS
+    if against_data and (size, channels) != (run.data.image_size, run.data.channels):
+        raise ConfigError(
+            f"data.image_size={run.data.image_size}, data.channels={run.data.channels}: "
+            f"the denoiser makes {channels}×{size}×{size} samples, and metrics.reference="
+            f"{metrics.reference} compares them with the data at its own size; set data "
+            "to the denoiser's size"
+        )
 
 
 def classifier_smece(meta: dict[str, Any]) -> float | None:
@@ -61,19 +155,64 @@ def classifier_smece(meta: dict[str, Any]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+class Preempted(Exception):
+    """SIGTERM arrived (SLURM's notice before preemption): the batch in progress is dropped."""
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Preempted` while sampling (main thread only). A shard is
+    written atomically, so the batch in progress is abandoned and no half file is left."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Preempted
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_sampling(cfg: DictConfig) -> dict[str, Any]:
     check_required_files(cfg)
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     setup = assembly.sampling_setup(cfg)
-    out_dir = output_dir(cfg, setup.batch_dependent)
+    check_against_model(cfg, setup)
+    inputs = input_identity(cfg)
+    out_dir = output_dir(cfg, setup.batch_dependent, inputs)
+    if rank_zero_only.rank != 0:  # DDP ranks > 0: rank 0 holds the folder for all of them
+        return sample_into(cfg, setup, out_dir)
+    lock_wait = float(checked(cfg).sampling.lock_wait_s)
+    with folder_lock(out_dir, wait_s=lock_wait, what="run folder"):
+        check_inputs_record(out_dir, inputs)
+        try:
+            with stop_on_sigterm():
+                return sample_into(cfg, setup, out_dir)
+        except Preempted:
+            done = len(written_indices(out_dir / "shards"))
+            print(
+                f"calguide: SIGTERM: stopped; {done} of {cfg.sampling.num_samples} samples are "
+                f"in {out_dir / 'shards'}; rerun the same command to resume"
+            )
+            raise SystemExit(143) from None
+
+
+def sample_into(cfg: DictConfig, setup: assembly.SamplingSetup, out_dir: Path) -> dict[str, Any]:
+    """Generate the missing samples into ``out_dir``'s shards, merge, report."""
+    num_samples = int(cfg.sampling.num_samples)
+    finished = finished_run(out_dir, num_samples)
     shard_dir = out_dir / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(
-        OmegaConf.to_yaml(job_config(cfg)),
-        out_dir / "config.yaml",
-    )
+    if finished is None and rank_zero_only.rank == 0:
+        channels, size, _ = setup.module.sample_shape
+        heal_shards(shard_dir, num_samples, (size, size, channels))
+    atomic_write_text(OmegaConf.to_yaml(job_config(cfg)), out_dir / "config.yaml")
     datamodule = LabelDataModule(
-        cfg.sampling.num_samples,
+        num_samples,
         setup.num_classes,
         batch_size=cfg.sampling.batch_size,
         protocol=cfg.sampling.labels,
@@ -83,17 +222,20 @@ def run_sampling(cfg: DictConfig) -> dict[str, Any]:
     )
     writer = ShardWriter(shard_dir)
     metrics = assembly.metrics_callback(cfg, out_dir)
-    already = len(written_indices(shard_dir))
-    if already:
-        print(f"calguide: resuming {out_dir}: {already} of {cfg.sampling.num_samples} samples done")
+    already = num_samples if finished else len(written_indices(shard_dir))
+    if finished:
+        print(f"calguide: {out_dir} is finished ({num_samples} samples); nothing to sample")
+    elif already:
+        print(f"calguide: resuming {out_dir}: {already} of {num_samples} samples done")
     # Streaming metrics only see this process's batches: after a resume they are computed from
     # the merged set instead (see finish).
     streaming = [metrics] if metrics is not None and not already else []
     trainer: L.Trainer = assembly.trainer(
         cfg, callbacks=[writer, *streaming], use_distributed_sampler=False
     )
-    trainer.predict(setup.module, datamodule=datamodule, return_predictions=False)
-    trainer.strategy.barrier()
+    if not finished:
+        trainer.predict(setup.module, datamodule=datamodule, return_predictions=False)
+        trainer.strategy.barrier()
     if not trainer.is_global_zero:
         return {}
     return finish(
@@ -105,7 +247,20 @@ def run_sampling(cfg: DictConfig) -> dict[str, Any]:
         metrics,
         resumed=bool(already),
         classifier_meta=setup.classifier_meta,
+        finished=finished,
     )
+
+
+def finished_run(out_dir: Path, num_samples: int) -> dict[str, Any] | None:
+    """The completion record of a finished run whose ``samples.npz`` is still the one it
+    wrote (same size and modification time), else None."""
+    try:
+        record = json.loads((out_dir / "complete.json").read_text())
+        stat = (out_dir / "samples.npz").stat()
+    except (OSError, ValueError):
+        return None
+    same = (record.get("size"), record.get("mtime_ns")) == (stat.st_size, stat.st_mtime_ns)
+    return record if same and record.get("num_samples") == num_samples else None
 
 
 def finish(
@@ -118,9 +273,23 @@ def finish(
     *,
     resumed: bool,
     classifier_meta: dict[str, Any] | None = None,
+    finished: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    merged = merge_shards(out_dir / "shards", int(cfg.sampling.num_samples))
-    npz = save_npz(out_dir / "samples.npz", arr_0=merged["images"], arr_1=merged["labels"])
+    npz = out_dir / "samples.npz"
+    if finished:
+        merged = finished_samples(out_dir)
+    else:
+        merged = merge_shards(out_dir / "shards", int(cfg.sampling.num_samples))
+        save_npz(npz, arr_0=merged["images"], arr_1=merged["labels"])
+        stat = npz.stat()
+        atomic_write_json(
+            {
+                "num_samples": int(merged["images"].shape[0]),
+                "size": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns,
+            },
+            out_dir / "complete.json",
+        )
     grid = save_image_grid(
         torch.from_numpy(grid_selection(merged["images"], merged["labels"], num_classes, 10)),
         out_dir / "grid.png",
@@ -187,6 +356,15 @@ def finish(
     atomic_write_text(text, Path(cfg.paths.output_dir) / "sampling.json")
     print(f"calguide: {record['num_samples']} samples -> {npz}\ncalguide: grid -> {grid}")
     return record
+
+
+def finished_samples(out_dir: Path) -> dict[str, Any]:
+    """A finished run's arrays from its ``samples.npz`` and diagnostics from its CSV."""
+    with np.load(out_dir / "samples.npz") as npz:
+        images, labels = npz["arr_0"], npz["arr_1"]
+    csv_path = out_dir / "diagnostics.csv"
+    diagnostics = read_diagnostics_csv(csv_path) if csv_path.is_file() else {}
+    return {"images": images, "labels": labels, "diagnostics": diagnostics}
 
 
 def grid_selection(

@@ -9,6 +9,7 @@ the same diagnostics as an uninterrupted one. The merged file has ``arr_0`` (N×
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,18 @@ def shard_path(shard_dir: Path, indices: torch.Tensor) -> Path:
 
 
 def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
-    """``np.savez`` through a temp file + rename (a kill never leaves half a file)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, **arrays)
+    """What ``np.savez`` writes (a zip of uncompressed ``.npy`` members), through a temp file
+    and a rename (a kill never leaves half a file), and reproducible byte for byte: members
+    carry a fixed timestamp, so equal arrays give equal files (a resumed run's ``samples.npz``
+    is the uninterrupted run's)."""
+    with (
+        atomic_path(path) as tmp,
+        zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive,
+    ):
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
     return Path(path)
 
 
@@ -44,6 +54,74 @@ def diagnostics_arrays(per_timestep: dict[int, dict[str, float]]) -> dict[str, n
             [per_timestep[t][key] * per_timestep[t]["n"] for t in ts], dtype=np.float64
         )
     return arrays
+
+
+SHARD_KEYS = (
+    "images",
+    "labels",
+    "indices",
+    "diag_t",
+    "diag_n",
+    *(f"diag_{k}" for k in DIAGNOSTIC_COLUMNS),
+)
+
+
+def shard_problem(
+    path: Path, num_samples: int, image_shape: tuple[int, ...] | None = None
+) -> str | None:
+    """Why the shard at ``path`` cannot be merged, or None: it must load completely (zip CRCs
+    included), hold every key with consistent lengths, indices in [0, N) that match its name,
+    and uint8 images of ``image_shape`` (H, W, C) when given."""
+    try:
+        with np.load(path) as shard:
+            arrays = {key: shard[key] for key in shard.files}
+    except Exception as exc:  # truncated or garbage files fail in zipfile, numpy or pickle
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"does not load ({reason})"
+    missing = [key for key in SHARD_KEYS if key not in arrays]
+    if missing:
+        return f"lacks the key(s) {missing}"
+    indices, images = arrays["indices"], arrays["images"]
+    n = len(indices)
+    if n == 0 or len(arrays["labels"]) != n or images.shape[0] != n:
+        return f"has {images.shape[0]} images, {len(arrays['labels'])} labels, {n} indices"
+    if int(indices.min()) < 0 or int(indices.max()) >= num_samples:
+        return f"holds indices outside [0, {num_samples})"
+    if path.stem != f"{int(indices.min()):08d}-{int(indices.max()):08d}":
+        return f"holds indices {int(indices.min())}..{int(indices.max())}, not its name's"
+    if images.dtype != np.uint8 or (image_shape is not None and images.shape[1:] != image_shape):
+        shape = images.shape[1:]
+        return f"holds {images.dtype} images of shape {shape}, expected uint8 {image_shape}"
+    lengths = {len(arrays[k]) for k in SHARD_KEYS if k.startswith("diag_")}
+    if len(lengths) != 1:
+        return "has diagnostics columns of different lengths"
+    return None
+
+
+def heal_shards(
+    shard_dir: Path, num_samples: int, image_shape: tuple[int, ...] | None = None
+) -> list[Path]:
+    """Move every shard that cannot be merged to ``shards/corrupt/`` (one warning each; its
+    samples are then generated again) and delete temp files a killed write left behind."""
+    moved = []
+    for tmp in shard_dir.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+    for path in sorted(shard_dir.glob("*.npz")):
+        problem = shard_problem(path, num_samples, image_shape)
+        if problem is None:
+            continue
+        corrupt = shard_dir / "corrupt"
+        corrupt.mkdir(exist_ok=True)
+        dest, copy = corrupt / path.name, 1
+        while dest.exists():
+            dest, copy = corrupt / f"{path.name}.{copy}", copy + 1
+        os.replace(path, dest)
+        print(
+            f"calguide: warning: shard {path} {problem}; moved to {dest}, its samples are "
+            "generated again"
+        )
+        moved.append(dest)
+    return moved
 
 
 def written_indices(shard_dir: Path) -> set[int]:
@@ -115,7 +193,17 @@ class ShardWriter(BasePredictionWriter):
             "indices": prediction["indices"].numpy(),
             **diagnostics_arrays(prediction["diagnostics"]),
         }
-        save_npz(shard_path(self.shard_dir, prediction["indices"]), **arrays)
+        path = shard_path(self.shard_dir, prediction["indices"])
+        try:
+            save_npz(path, **arrays)
+        except OSError as err:  # e.g. ENOSPC: the temp file is gone, no half shard is left
+            from calguide.errors import RunStateError
+
+            raise RunStateError(
+                f"could not write shard {path} ({err.strerror or err}); the shards written "
+                "so far are kept: free the space (or fix the folder) and rerun the same "
+                "command to resume"
+            ) from None
         if prediction["snapshots"]:
             self.snapshots.append(
                 {"indices": prediction["snapshot_indices"], "steps": prediction["snapshots"]}

@@ -27,7 +27,7 @@ def run_training(cfg: DictConfig) -> None:
         )
     # The EMA copy is kept in eval mode on purpose; Lightning would warn about it every run.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     out_dir = Path(cfg.out_dir)
     module = DenoiserModule(
         flags=flags,

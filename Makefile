@@ -1,5 +1,5 @@
 # calguide — every target sets up its own virtual environment on first use.
-#   make run     the main job on the embedded default (digits), end to end
+#   make run     the paper in miniature on the embedded default (bundled digits models)
 #   make test    lint + format check + the default test suite (what CI runs)
 #   make help    all targets
 
@@ -63,9 +63,20 @@ COMMON := paths.artifacts=$(A) paths.log_dir=$(abspath logs)
 STRATEGIES ?= none,vanilla,rkl,fkl,js,hellinger
 SCALE ?= 2.0
 
+# The digits models come with calguide (calguide/bundled/digits, README "Bundled models"):
+# `make run` and the digits tables use them as they are, with no training. The targets below
+# are how they were made; a model trained into artifacts/ replaces the bundled one in every
+# config (the configs take your own file when it exists).
 .PHONY: train-denoiser
 train-denoiser: $(STAMP) ## train (or resume / reuse) the tiny class-conditional UNet on digits
 	$(BIN)/calguide-train $(COMMON)
+
+.PHONY: train-bundle
+train-bundle: $(DENOISER) $(DENOISER_UNCOND) $(CLF_CLEAN) $(CLF_NOISY) $(CLF_EVAL) ## train every bundled digits model into artifacts/ (~20 min on a 2-core CPU)
+
+.PHONY: bundle
+bundle: train-bundle ## copy the trained digits models into calguide/bundled with their manifest
+	$(BIN)/python experiments/bundle_models.py --artifacts $(A)
 
 $(DENOISER): | $(STAMP)
 	$(MAKE) --no-print-directory train-denoiser
@@ -77,7 +88,7 @@ $(CLF_NOISY): | $(STAMP)
 	$(BIN)/calguide-calibrate $(COMMON) classifier=digits_noisy inputs.mode=noisy calibration=ce \
 		init=null trainer.max_steps=600 optim.lr=2e-3
 
-$(CLF_NOISY_SMECE): $(CLF_NOISY)
+$(CLF_NOISY_SMECE): | $(STAMP)
 	$(BIN)/calguide-calibrate $(COMMON) classifier=digits_noisy inputs.mode=noisy calibration=smece
 
 $(CLF_CLEAN): | $(STAMP)
@@ -88,10 +99,10 @@ $(CLF_EVAL): | $(STAMP)
 	$(BIN)/calguide-calibrate $(COMMON) classifier=digits_eval calibration=ce inputs.mode=clean \
 		init=null seed=1 trainer.max_steps=600 optim.lr=2e-3 evaluation.diagrams=[clean]
 
-$(CLF_SMECE): $(CLF_CLEAN) $(DENOISER)
+$(CLF_SMECE): | $(STAMP)
 	$(BIN)/calguide-calibrate $(COMMON) calibration=smece
 
-$(CLF_CE): $(CLF_CLEAN) $(DENOISER)
+$(CLF_CE): | $(STAMP)
 	$(BIN)/calguide-calibrate $(COMMON) calibration=ce
 
 .PHONY: calibrate
@@ -102,7 +113,7 @@ calibrate: $(CLF_SMECE) $(CLF_CE) ## fine-tune the digits classifier on x̂₀: 
 		$(CLF_DIR)/digits_resnet-x0-smece-s0/calibration.json
 
 .PHONY: sample
-sample: $(CLF_SMECE) $(CLF_EVAL) ## guided digits samples per strategy (Smooth-ECE-calibrated classifier) + metrics
+sample: $(CLF_SMECE) ## guided digits samples per strategy (Smooth-ECE-calibrated classifier) + metrics
 	@echo; echo "Calibration of the guidance classifier on x̂₀ (held-out, fixed noise; before → after):"
 	@$(BIN)/calguide-calibration-report $(CLF_DIR)/digits_resnet-x0-smece-s0/calibration.json
 	$(BIN)/calguide-sample --multirun $(COMMON) guidance=$(STRATEGIES) guidance.scale=$(SCALE) \
@@ -111,13 +122,8 @@ sample: $(CLF_SMECE) $(CLF_EVAL) ## guided digits samples per strategy (Smooth-E
 		-o $(RUNLOGS)/diagnostics.png --title "digits: guidance diagnostics (scale $(SCALE))"
 
 .PHONY: run
-run: sample ## the embedded default end to end: denoiser, classifiers, calibration, guided samples
-	@echo; echo "Guided digits samples, Smooth-ECE-calibrated classifier, scale $(SCALE) (domain metrics):"
-	@$(BIN)/calguide-aggregate $(RUNLOGS)/sample --out $(RUNLOGS) \
-		--rows guidance.name,guidance.scale --title "make run: digits, scale $(SCALE)"
-	@echo; echo "denoiser grid : $(A)/digits/unet_tiny/samples.png"
-	@echo "sample grids  :"; ls $(A)/digits/samples/*/grid.png | sed 's/^/  /'
-	@echo "diagnostics   : $(RUNLOGS)/diagnostics.png"
+run: $(STAMP) ## the paper in miniature on the bundled models: calibration, every strategy, verdicts
+	$(BIN)/calguide-miniature --out $(RUNLOGS) $(COMMON)
 
 # ---------------------------------------------------------------------------- tables
 # make reproduce-table-<name>: run a conf/experiment/<name> sweep into logs/tables/<name>/ and
@@ -131,19 +137,19 @@ define run_table
 endef
 
 .PHONY: reproduce-table-digits-baselines
-reproduce-table-digits-baselines: $(DENOISER) $(DENOISER_UNCOND) $(CLF_NOISY) $(CLF_CLEAN) $(CLF_EVAL) ## digits: unguided / ADM-G / EluCD, 3 seeds, cond + uncond
+reproduce-table-digits-baselines: $(STAMP) ## digits: unguided / ADM-G / EluCD, 3 seeds, cond + uncond
 	$(call run_table,digits_baselines)
 
 .PHONY: reproduce-table-digits-calibration
-reproduce-table-digits-calibration: $(DENOISER) $(DENOISER_UNCOND) $(CLF_NOISY_SMECE) $(CLF_EVAL) ## digits: ADM-G before vs after Smooth ECE fine-tuning
+reproduce-table-digits-calibration: $(CLF_NOISY_SMECE) ## digits: ADM-G before vs after Smooth ECE fine-tuning
 	$(call run_table,digits_calibration)
 
 .PHONY: reproduce-table-digits-strategies
-reproduce-table-digits-strategies: $(DENOISER) $(DENOISER_UNCOND) $(CLF_SMECE) $(CLF_EVAL) ## digits: every strategy, 3 seeds, cond + uncond
+reproduce-table-digits-strategies: $(CLF_SMECE) ## digits: every strategy, 3 seeds, cond + uncond
 	$(call run_table,digits_strategies)
 
 .PHONY: reproduce-table-digits-scale-sweep
-reproduce-table-digits-scale-sweep: $(DENOISER) $(CLF_SMECE) $(CLF_EVAL) ## digits: divergence × scale, 3 seeds
+reproduce-table-digits-scale-sweep: $(CLF_SMECE) ## digits: divergence × scale, 3 seeds
 	$(call run_table,digits_scale_sweep)
 
 .PHONY: sweep

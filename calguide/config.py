@@ -29,6 +29,21 @@ from calguide.sampling.module import NOISE_MODES
 from calguide.sampling.module import PRECISIONS as SAMPLING_PRECISIONS
 
 
+def _register_resolvers() -> None:
+    """``${calguide_bundled:}`` (the bundled models' folder) and
+    ``${calguide_model:<trained path>,<bundled name>}`` (see :func:`calguide.bundled.model_file`)
+    for the YAML files."""
+    from calguide.bundled import bundled_dir, model_file
+
+    if not OmegaConf.has_resolver("calguide_bundled"):
+        OmegaConf.register_new_resolver("calguide_bundled", lambda: str(bundled_dir()))
+    if not OmegaConf.has_resolver("calguide_model"):
+        OmegaConf.register_new_resolver("calguide_model", model_file)
+
+
+_register_resolvers()
+
+
 def conf_dir() -> Path:
     """The config tree: ``conf/`` of a checkout, or ``calguide/conf`` inside an installed wheel.
 
@@ -295,6 +310,7 @@ class SamplingConfig:
     snapshot_timesteps: list[int] = field(default_factory=list)
     snapshot_count: int = 0
     progress: bool = True
+    figures: bool = True
     out_dir: str | None = None
     lock_wait_s: float = 3600.0
     noise: str = "per_sample"

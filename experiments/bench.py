@@ -62,6 +62,7 @@ def pair_spec(pair: str) -> tuple[dict, ClassifierConfig]:
                 f"denoiser={denoiser}",
                 f"classifier={classifier}",
                 "classifier.checkpoint=null",
+                "denoiser.checkpoint=null",
             ],
         )
     return dict(validated(cfg, "denoiser").flags), validated(cfg, "classifier")

@@ -16,7 +16,7 @@ PACKAGE = Path(calguide.__file__).resolve().parent
 
 # (layer, name, module prefixes); a module belongs to the longest matching prefix.
 LAYERS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
-    (0, "files and errors", ("calguide", "calguide.io", "calguide.errors")),
+    (0, "files and errors", ("calguide", "calguide.io", "calguide.errors", "calguide.bundled")),
     (
         1,
         "math and models",

@@ -131,6 +131,8 @@ def test_preflight_passes_when_files_exist(compose_config, tmp_path, capsys):
     art = tmp_path / "artifacts"
     cfg = compose_config("sample", [f"paths.artifacts={art}", "experiment=digits_scale_sweep"])
     for _, path in required_files(cfg):
+        if path.is_file():  # a bundled model: it exists already (and must not be overwritten)
+            continue
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x")
     assert preflight.main(["digits_scale_sweep", f"paths.artifacts={art}"]) == 0
@@ -138,7 +140,17 @@ def test_preflight_passes_when_files_exist(compose_config, tmp_path, capsys):
 
 
 def test_sampling_job_fails_first_with_the_whole_list(compose_config, tmp_path):
-    cfg = compose_config("sample", [f"paths.artifacts={tmp_path / 'none'}", "guidance=js"])
+    none = tmp_path / "none"
+    cfg = compose_config(
+        "sample",
+        [
+            f"paths.artifacts={none}",
+            "guidance=js",
+            "classifier=digits_smece",  # made by make calibrate: not bundled
+            f"denoiser.checkpoint={none}/digits/unet_tiny/denoiser.pt",
+            f"metrics.evaluator={none}/digits/classifiers/digits_eval-clean-ce-s1.pt",
+        ],
+    )
     with pytest.raises(FileNotFoundError) as err:
         check_required_files(cfg)
     message = str(err.value)
@@ -164,7 +176,7 @@ def test_wandb_group_and_tags(compose_config):
         "denoiser:unet_tiny",
         "strategy:js",
         "divergence:js",
-        "classifier:digits_resnet",
+        "classifier:digits_smece",
         "table:digits_strategies",
     ):
         assert tag in tags

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from calguide.bundled import verify as verify_bundled
 from calguide.errors import CheckpointError
 
 __all__ = [
@@ -116,6 +117,7 @@ def _unwrap(obj: Any) -> Any:
 def read_weights_file(path: str | PathLike[str], *, what: str) -> Any:
     """``torch.load`` with ``weights_only=True``, failing with one line that names the file."""
     p = Path(path).expanduser()
+    verify_bundled(p)  # a bundled model: its bytes must be the manifest's
     if not p.exists():
         raise FileNotFoundError(f"{what} not found: expected a file at {p}")
     if not p.is_file():

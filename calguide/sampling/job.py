@@ -333,6 +333,7 @@ def finish(
         record["diagnostics_csv"] = str(
             write_diagnostics_csv(merged["diagnostics"], out_dir / "diagnostics.csv")
         )
+    if merged["diagnostics"] and cfg.sampling.figures:
         curves = plot_diagnostics(
             {f"{cfg.guidance.name} s={cfg.guidance.scale:g}": merged["diagnostics"]},
             out_dir / "diagnostics.png",

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import difflib
 import io
 import json
@@ -42,6 +43,7 @@ import yaml
 
 from calguide.io import atomic_path, atomic_write_text
 from calguide.metrics.registry import BUILTIN_METRICS, metric_keys
+from calguide.tools.claims import judge, verdict_block
 
 DEFAULT_ROWS = ("guidance.name", "guidance.scale", "classifier.name", "denoiser.name")
 # The built-in metrics' result keys (a plugin metric's keys: pass --metrics), then the
@@ -573,6 +575,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--published", type=Path, default=DEFAULT_PUBLISHED, help="published-numbers YAML"
     )
     parser.add_argument("--title", help="table / plot title (default: the table name)")
+    parser.add_argument(
+        "--claims",
+        type=Path,
+        help="YAML list of claims to judge (default: the runs' experiment.claims, if any)",
+    )
     return parser.parse_args(argv)
 
 
@@ -589,6 +596,22 @@ def _recorded_rows(records: list[dict]) -> str | None:
     return None
 
 
+def load_claims(path: Path | None, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``--claims`` (a YAML list), else the runs' recorded ``experiment.claims``."""
+    if path is not None:
+        try:
+            claims = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as err:
+            raise AggregateError(f"--claims {path}: cannot read ({err})") from err
+        if not isinstance(claims, list):
+            raise AggregateError(f"--claims {path}: expected a YAML list of claims")
+        return claims
+    for record in records:
+        if isinstance(record.get("experiment.claims"), list):
+            return record["experiment.claims"]
+    return []
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     metrics = _split(args.metrics)
@@ -598,6 +621,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = _split(args.rows or _recorded_rows(records) or ",".join(DEFAULT_ROWS))
         skipped = unfinished_runs(args.dirs)
         summary = summarize(records, rows, metrics)
+        claims = load_claims(args.claims, records)
         table = args.table
         if table is None:
             tables = list(
@@ -624,6 +648,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     title = args.title or table
     text = markdown_table(summary, rows, metrics, published=published, title=title)
+    verdicts = judge(summary, claims, records=records) if claims else []
+    if verdicts:
+        text += "\n" + verdict_block(verdicts) + "\n"
+        atomic_write_text(
+            json.dumps([dataclasses.asdict(v) for v in verdicts], indent=2) + "\n",
+            out / "claims.json",
+        )
     written = [
         atomic_write_text(text, out / "table.md"),
         to_csv(summary, out / "table.csv"),

@@ -1,0 +1,64 @@
+"""A reduced ``make run`` (tests/conf/experiment/miniature_tiny.yaml) on the bundled models
+reproduces committed numbers: the same table on every machine, within a stated tolerance.
+
+The tolerance comes from a measurement (README, "Same numbers everywhere"): every bundled
+weight multiplied by (1 + 1e-6·N(0,1)), a pessimistic stand-in for another CPU's float
+arithmetic, moved each number by at most its ``measured_spread`` in
+``tests/data/miniature_tiny_expected.json``; the test allows three times that, and never less
+than the file's per-metric ``floors`` (one sample of 40 for the shares).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from calguide.tools.miniature import main as miniature_main
+
+HERE = Path(__file__).resolve().parent
+EXPECTED = HERE / "data" / "miniature_tiny_expected.json"
+
+
+def reduced_run(tmp_path: Path, *extra: str) -> dict:
+    out = tmp_path / "make-run"
+    code = miniature_main(
+        [
+            "--out",
+            str(out),
+            "--experiment",
+            "miniature_tiny",
+            f"hydra.searchpath=[file://{HERE / 'conf'}]",
+            f"paths.artifacts={tmp_path / 'artifacts'}",
+            f"paths.log_dir={tmp_path / 'logs'}",
+            *extra,
+        ]
+    )
+    assert code == 0
+    numbers: dict[str, float] = {}
+    with open(out / "runs.csv") as handle:
+        for row in csv.DictReader(handle):
+            key = f"{row['denoiser.name']} {row['guidance.name']} seed{row['seed']}"
+            for metric in ("fid", "precision", "recall", "class_acc"):
+                if row.get(metric) not in (None, ""):
+                    numbers[f"{key} {metric}"] = float(row[metric])
+    for name in ("ce", "smece"):
+        path = tmp_path / "artifacts" / "digits" / "classifiers" / f"digits_resnet-x0-{name}-s0"
+        after = json.loads((path / "calibration.json").read_text())["after"]
+        for bucket, values in after.items():
+            numbers[f"calibration {name} {bucket} smece"] = float(values["smece"])
+    numbers["verdicts"] = len(json.loads((out / "claims.json").read_text()))
+    assert (out / "report.md").is_file() and (out / "diagnostics.png").is_file()
+    return numbers
+
+
+def test_reduced_make_run_reproduces_the_committed_numbers(tmp_path) -> None:
+    expected = json.loads(EXPECTED.read_text())
+    got = reduced_run(tmp_path)
+    assert set(got) == set(expected["numbers"])
+    for key, want in expected["numbers"].items():
+        floor = expected["floors"][key.split()[-1]]
+        tolerance = max(3 * expected["measured_spread"][key], floor)
+        assert got[key] == pytest.approx(want, abs=tolerance), key

@@ -14,6 +14,7 @@ import torch
 from calguide.errors import InputFileError
 from calguide.io import atomic_write_json
 from calguide.metrics.callback import GenerativeMetrics
+from calguide.metrics.reference import read_npy_header
 
 
 def evaluate_samples(
@@ -56,13 +57,7 @@ def npz_array_shape(path: str | os.PathLike, key: str) -> tuple[int, ...] | None
     loaded); None when the file or the key cannot be read."""
     try:
         with zipfile.ZipFile(path) as archive, archive.open(f"{key}.npy") as member:
-            version = np.lib.format.read_magic(member)
-            read_header = (
-                np.lib.format.read_array_header_1_0
-                if version == (1, 0)
-                else np.lib.format.read_array_header_2_0
-            )
-            shape, _, _ = read_header(member)
+            shape, _, _ = read_npy_header(member)
             return tuple(int(s) for s in shape)
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         return None

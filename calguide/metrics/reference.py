@@ -247,6 +247,15 @@ def load_adm_reference_batch(path: str | os.PathLike) -> dict[str, Any]:
     }
 
 
+def read_npy_header(handle: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, Fortran order, dtype) of the ``.npy`` stream ``handle`` (e.g. an ``.npz`` member),
+    leaving it at the first data byte: an array's layout without loading it."""
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(handle)
+    return np.lib.format.read_array_header_2_0(handle)
+
+
 def iter_adm_reference_batch(path: str | os.PathLike, batch_size: int = 500) -> Iterator[Tensor]:
     """Yield ``arr_0`` of an ADM-style .npz as uint8 ``[B, H, W, C]`` batches, streaming.
 
@@ -258,11 +267,7 @@ def iter_adm_reference_batch(path: str | os.PathLike, batch_size: int = 500) -> 
     p, data = _open_npz(path)
     data.close()
     with zipfile.ZipFile(p) as zf, zf.open("arr_0.npy") as fh:
-        version = np.lib.format.read_magic(fh)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-        else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        shape, fortran, dtype = read_npy_header(fh)
         _check_images(p, shape, dtype)
         if fortran:
             raise ValueError(f"{p}: arr_0 is Fortran-ordered; rewrite it in C order")

@@ -43,7 +43,14 @@ from calguide.nets import small_resnet
 TOY = "feature_norm"
 SIZE, CLASSES = 8, 4
 # The shared fakes of the callback tests: indexed requests, a sampler, a logger in memory.
-from test_metrics_callback import _FakeSampler, _images_for, _MemoryLogger, _Requests  # noqa: E402
+from test_metrics_callback import (  # noqa: E402
+    _FakeSampler,
+    _feed,
+    _images_for,
+    _MemoryLogger,
+    _rank_shards,
+    _Requests,
+)
 
 
 @register_metric(TOY)
@@ -106,18 +113,6 @@ def reference(extractor) -> dict:
 def _expected_norm(extractor, indices: Tensor) -> float:
     feats = extractor(_images_for(indices))
     return float(feats.double().norm(dim=1).mean())
-
-
-def _feed(cb: GenerativeMetrics, indices: Tensor, batch: int) -> None:
-    for chunk in indices.split(batch):
-        cb.update({"images": _images_for(chunk), "labels": chunk % CLASSES, "indices": chunk})
-
-
-def _rank_shards(n: int, world: int) -> list[Tensor]:
-    """DistributedSampler(shuffle=False) layout: pad by wrapping around, then stride."""
-    total = math.ceil(n / world) * world
-    padded = torch.cat([torch.arange(n), torch.arange(total - n)])
-    return [padded[r::world] for r in range(world)]
 
 
 # ------------------------------------------------------------------------------ tests

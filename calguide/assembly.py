@@ -358,6 +358,7 @@ def metrics_callback(
         output_dir=output_dir,
         k=int(spec.k),
         max_pr_samples=spec.max_pr_samples,
+        keep_features=bool(spec.keep_features),
     )
 
 

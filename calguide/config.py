@@ -177,6 +177,9 @@ class ClassifierConfig:
     input_size: int | None = None
     softplus_beta: float | None = None
     checkpoint: str | None = None
+    # Which fine-tuning run a calibrated classifier comes from (its checkpoint names it): the
+    # independent trainings a claim about the fine-tuning method is judged over.
+    finetune_seed: int | None = None
 
     def __post_init__(self) -> None:
         _choice("classifier.arch", self.arch, tuple(ARCHITECTURES))
@@ -340,6 +343,7 @@ class MetricsConfig:
     batch_size: int = 256
     inception_weights: str | None = None
     download: bool = False
+    keep_features: bool = True
 
     def __post_init__(self) -> None:
         _choice("metrics.kind", self.kind, EXTRACTOR_KINDS)

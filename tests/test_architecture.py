@@ -28,6 +28,7 @@ LAYERS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             "calguide.calibration",
             "calguide.metrics",
             "calguide.sampling",
+            "calguide.stats",
             "calguide.lab",
             "calguide.training",
         ),

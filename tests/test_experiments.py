@@ -198,3 +198,46 @@ def test_wandb_logger_gets_conventions_offline(compose_config, tmp_path, monkeyp
     assert "divergence:js" in run.tags
     assert run.config["guidance"]["name"] == "js"
     run.finish()
+
+
+def test_miniature_scales_are_the_tuning_runs_choice(compose_config):
+    """conf/experiment/digits_miniature.yaml copies the scales that
+    experiments/tune_miniature_scale.py chose (docs/tuning/miniature_scales.json)."""
+    import json
+    from pathlib import Path
+
+    tuned = json.loads(
+        (Path(__file__).parents[1] / "docs/tuning/miniature_scales.json").read_text()
+    )
+    cfg = compose_config("sample", ["experiment=digits_miniature"])
+    recorded = cfg.experiment.tuning
+    assert recorded.seed == tuned["seed"] and recorded.seed not in {0, *range(1, 3)}
+    chosen = {den: entry["scale"] for den, entry in tuned["denoisers"].items()}
+    assert dict(recorded.scales) == chosen
+    for sweep in cfg.experiment.sweeps:
+        scale = chosen[sweep["denoiser"]]
+        want = 1.0 if scale is None else scale  # no scale helps: EluCD's recipe
+        assert float(sweep["guidance.scale"]) == want, sweep
+        assert int(sweep["seed"]) != tuned["seed"]  # verdicts never use the tuning seed
+
+
+@pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if e != "digits_miniature"])
+def test_claims_name_rows_of_their_table(compose_config, experiment):
+    """Every claim of a recipe selects rows that its sweep makes."""
+    base = compose_config("sample", [f"experiment={experiment}"])
+    claims = base.experiment.get("claims") or []
+    if not claims:
+        return
+    rows = []
+    for job in preflight.sweep_combinations(base):
+        cfg = compose_config("sample", [f"experiment={experiment}", *job])
+        rows.append(OmegaConf.to_container(cfg, resolve=False))
+    for claim in claims:
+        for side in ("better", "than"):
+            selector = claim[side].items()
+            hits = [
+                r
+                for r in rows
+                if all(str(OmegaConf.select(OmegaConf.create(r), k)) == str(v) for k, v in selector)
+            ]
+            assert len(hits) == 1, (claim["id"], side, len(hits))

@@ -111,13 +111,31 @@ def _predict(extractor, reference, batch_size: int, tmp_path, n: int = 50, **kwa
 def test_predict_writes_metrics_json_and_logs(extractor, reference, tmp_path):
     cb, logger = _predict(extractor, reference, 16, tmp_path)
     data = json.loads((tmp_path / "metrics.json").read_text())
-    for key in ("fid", "precision", "recall", "class_acc"):
+    keys = ("fid", "precision", "recall", "class_acc", "kid")
+    for key in keys:
         assert math.isfinite(data[key]), key
         assert data[key] == cb.results[key]
     assert data["num_samples"] == 50 and data["extractor"] == "tiny-resnet"
     assert 0.0 <= data["precision"] <= 1.0 and 0.0 <= data["recall"] <= 1.0
-    assert logger.logged == [{k: data[k] for k in ("fid", "precision", "recall", "class_acc")}]
+    assert logger.logged == [{k: data[k] for k in keys}]
     assert not [p for p in tmp_path.iterdir() if p.name != "metrics.json"]  # no temp files
+
+
+def test_kept_features_are_every_sample_once_and_reproduce_the_metrics(
+    extractor, reference, tmp_path
+):
+    """keep_features: eval_features.npz holds each sample once, in index order, with its
+    label and correctness; the metrics recomputed from it equal the streamed ones."""
+    from calguide.metrics.per_sample import read_eval_features, values
+
+    cb, _ = _predict(extractor, reference, 16, tmp_path, keep_features=True)
+    rows = read_eval_features(tmp_path / "eval_features.npz")
+    assert torch.equal(rows.indices, torch.arange(50)) and rows.features.dtype == torch.float16
+    assert rows.extractor == "tiny-resnet"
+    assert float((rows.correct == 1).float().mean()) == pytest.approx(cb.results["class_acc"])
+    again = values(rows, reference, ["fid", "class_acc", "kid"])
+    assert again["fid"] == pytest.approx(cb.results["fid"], rel=1e-3)  # float16 storage
+    assert again["kid"] == pytest.approx(cb.results["kid"], rel=1e-2, abs=1e-4)
 
 
 def test_results_match_direct_computation(extractor, reference, tmp_path):
@@ -313,11 +331,10 @@ def test_state_is_freed_after_predict(extractor, reference, tmp_path):
 def test_builtin_entries_give_the_historical_names():
     from calguide.metrics import BUILTIN_METRICS, METRIC_NAMES, metric_keys, metric_names
 
-    assert BUILTIN_METRICS == ("fid", "precision_recall", "class_acc")
-    assert metric_names()[:3] == BUILTIN_METRICS
-    assert (
-        METRIC_NAMES == metric_keys(BUILTIN_METRICS) == ("fid", "precision", "recall", "class_acc")
-    )
+    assert BUILTIN_METRICS == ("fid", "precision_recall", "class_acc", "kid")
+    assert metric_names()[:4] == BUILTIN_METRICS
+    assert metric_keys(BUILTIN_METRICS) == METRIC_NAMES
+    assert METRIC_NAMES == ("fid", "precision", "recall", "class_acc", "kid")
 
 
 def test_a_subset_of_metrics_reports_and_logs_only_its_keys(extractor, reference, tmp_path):

@@ -34,9 +34,12 @@ import torch.distributed as dist
 from torch import Tensor
 
 from calguide.io import atomic_write_json
+from calguide.metrics._subset import SampleBuffer
 from calguide.metrics.features import FeatureExtractor, as_uint8_nhwc
+from calguide.metrics.per_sample import EVAL_FEATURES, combine_kept, write_eval_features
 from calguide.metrics.registry import (
     BUILTIN_METRICS,
+    ClassAccuracyMetric,
     ComputeContext,
     Metric,
     MetricBatch,
@@ -117,13 +120,19 @@ class GenerativeMetrics(L.Callback):
         metrics: the entries to compute, in result order: names from
             :func:`~calguide.metrics.registry.metric_names` (built with this callback's
             ``k``, ``max_pr_samples``, … see :class:`~calguide.metrics.registry.MetricOptions`)
-            or :class:`~calguide.metrics.registry.Metric` instances. Default: ``fid``,
-            ``precision_recall``, ``class_acc``.
+            or :class:`~calguide.metrics.registry.Metric` instances. Default: the built-ins,
+            ``fid``, ``precision_recall``, ``class_acc``, ``kid``.
         classifier: evaluation classifier with ``logits(images_uint8)`` for ``class_acc``
             (argmax vs the requested labels). Pass the extractor itself to reuse a
             :class:`~calguide.metrics.features.ClassifierFeatureExtractor` (one forward pass).
             ``None``: ``class_acc`` is reported as ``None``.
-        output_dir: folder for ``metrics.json``; ``None`` writes nothing.
+        output_dir: folder for ``metrics.json`` (and ``eval_features.npz``); ``None`` writes
+            nothing.
+        keep_features: also keep every sample's features (float16), requested label and, with
+            a classifier, whether it classified the sample as requested, and write them to
+            ``output_dir/eval_features.npz`` (:func:`write_eval_features`): what a later
+            comparison resamples (``calguide-aggregate``'s intervals). 2 bytes × D per sample:
+            200 MB for 50,000 Inception features.
         k: neighbourhood size of precision/recall.
         max_pr_samples: cap on the feature rows kept for precision/recall, generated and
             reference alike (deterministic subset by sample index / row position);
@@ -153,6 +162,7 @@ class GenerativeMetrics(L.Callback):
         pr_batch_size: int = 5000,
         dedup_window: int = 1024,
         seed: int = 0,
+        keep_features: bool = False,
     ) -> None:
         super().__init__()
         options = MetricOptions(
@@ -172,7 +182,9 @@ class GenerativeMetrics(L.Callback):
         self.classifier = classifier
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.dedup_window = dedup_window
+        self.keep_features = keep_features
         self.results: dict[str, Any] | None = None
+        self.per_sample: dict[str, Tensor] | None = None
         self.reset()
 
     @property
@@ -191,6 +203,9 @@ class GenerativeMetrics(L.Callback):
         self._seen_chunks: list[Tensor] = []
         self._tail: deque[tuple[Tensor, dict[str, Mapping[str, Tensor]]]] = deque()
         self._tail_rows = 0
+        self._kept = SampleBuffer(None, torch.float16) if self.keep_features else None
+        self._kept_labels: list[Tensor] = []
+        self._kept_correct: list[Tensor] = []
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.reset()
@@ -245,7 +260,7 @@ class GenerativeMetrics(L.Callback):
             images, indices = images[sel.to(images.device)], indices[sel]
             labels = labels[sel] if labels is not None else None
 
-        want_feats = self._needs("features")
+        want_feats = self._needs("features") or self.keep_features
         want_logits = self.classifier is not None and labels is not None and self._needs("logits")
         feats = logits = None
         if (
@@ -262,6 +277,10 @@ class GenerativeMetrics(L.Callback):
             raise ValueError(f"extractor returned features of shape {tuple(feats.shape)}")
         batch = MetricBatch(indices=indices, labels=labels, features=feats, logits=logits)
 
+        if self._kept is not None:  # before the metrics: a float16 overflow leaves all unseen
+            self._kept.add(indices, feats)
+            self._kept_labels.append(labels if labels is not None else torch.full_like(indices, -1))
+            self._kept_correct.append(ClassAccuracyMetric._correct(batch))
         rows = {m.name: m.sample_rows(batch) for m in self.metrics} if self.dedup_window else {}
         for m in self.metrics:  # fid first by default: it validates before changing anything
             m.update(self._states[m.name], batch)
@@ -290,12 +309,23 @@ class GenerativeMetrics(L.Callback):
         seen = (
             torch.cat(self._seen_chunks) if self._seen_chunks else torch.empty(0, dtype=torch.int64)
         )
-        return {
+        state = {
             "seen": seen,
             "tail_indices": t_idx,
             "tail": tail,
             "metrics": {m.name: m.state_dict(self._states[m.name]) for m in self.metrics},
         }
+        if self._kept is not None:
+            idx, feats = self._kept.tensors()
+            state["kept"] = {
+                "indices": idx,
+                "features": feats,
+                "labels": torch.cat(self._kept_labels) if self._kept_labels else idx.clone(),
+                "correct": torch.cat(self._kept_correct)
+                if self._kept_correct
+                else idx.to(torch.int8),
+            }
+        return state
 
     # -- end of prediction ------------------------------------------------------------------
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -304,6 +334,7 @@ class GenerativeMetrics(L.Callback):
         error: BaseException | None = None
         if states is not None:
             try:
+                self.per_sample = combine_kept(states)
                 combined = combine_states(states, self.metrics)
                 del states
                 results = self._compute(combined, pl_module.device)
@@ -321,8 +352,12 @@ class GenerativeMetrics(L.Callback):
 
     def compute(self, device: torch.device | str = "cpu") -> dict[str, Any]:
         """Metrics from this process's state alone (no Trainer, no gathering)."""
-        combined = combine_states([self.local_state()], self.metrics)
+        state = self.local_state()
+        self.per_sample = combine_kept([state])
+        combined = combine_states([state], self.metrics)
         self.results = self._compute(combined, torch.device(device))
+        if self.output_dir is not None:
+            self.write_features(self.results)
         return self.results
 
     def _resolve_reference(self) -> Any:
@@ -369,6 +404,20 @@ class GenerativeMetrics(L.Callback):
             logger.save()
         if self.output_dir is not None:
             atomic_write_json(results, self.output_dir / "metrics.json")
+            self.write_features(results)
+
+    def write_features(self, results: Mapping[str, Any]) -> Path | None:
+        """``eval_features.npz`` in ``output_dir`` (with ``keep_features``), naming the
+        extractor and the reference file the metrics were computed against."""
+        if self.per_sample is None or self.output_dir is None:
+            return None
+        ref = self.reference if not callable(self.reference) else None
+        return write_eval_features(
+            self.output_dir / EVAL_FEATURES,
+            self.per_sample,
+            extractor=str(results.get("extractor")),
+            reference_file=field_of(ref, "file") if ref is not None else None,
+        )
 
 
 def _dist_active() -> bool:

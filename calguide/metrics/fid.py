@@ -24,7 +24,14 @@ from torch import Tensor
 
 from calguide.metrics.registry import ComputeContext, Metric, MetricBatch, field_of
 
-__all__ = ["FIDMetric", "FeatureStats", "fid_from_features", "fid_from_stats"]
+__all__ = [
+    "FIDMetric",
+    "FeatureStats",
+    "fid_from_features",
+    "fid_from_stats",
+    "fid_leave_one_out",
+    "fid_replicates",
+]
 
 _FID_METHODS = ("eigvals", "sqrtm")
 
@@ -105,6 +112,124 @@ def fid_from_features(real: Tensor, fake: Tensor, *, method: str = "eigvals") ->
     a = FeatureStats.from_features(real)
     b = FeatureStats.from_features(fake)
     return fid_from_stats(a.mean, a.covariance, b.mean, b.covariance, method=method)
+
+
+def _psd_sqrt(cov: Tensor) -> Tensor:
+    """The symmetric square root of a PSD matrix (negative rounding eigenvalues clipped)."""
+    values, vectors = torch.linalg.eigh(0.5 * (cov + cov.T))
+    return (vectors * values.clamp(min=0.0).sqrt()) @ vectors.T
+
+
+def fid_replicates(
+    features: Tensor,
+    weights: Tensor,
+    ref_mean: Tensor | np.ndarray,
+    ref_cov: Tensor | np.ndarray,
+    *,
+    device: torch.device | str | None = None,
+    chunk: int | None = None,
+) -> Tensor:
+    """The FID of each reweighted copy of ``features``: row b of ``weights`` [B, n] holds the
+    multiplicities of the n samples (a bootstrap replicate; all ones is the sample itself).
+
+    Exact for any non-negative weights, float64: a replicate's FID is the FID of its samples
+    repeated w_i times (mean and unbiased covariance with N = Σw), so integer weights equal
+    :func:`fid_from_features` on the repeated rows. With Y the features whitened by the
+    reference (Y = X·Σ_r^{1/2}), tr (Σ_r^{1/2} Σ Σ_r^{1/2})^{1/2} is the sum of the square roots of
+    the eigenvalues of either Yᵀ W Y (D × D) or W^{1/2} Y Yᵀ W^{1/2} (n × n) after centring;
+    the smaller one is used, so a replicate costs O(min(n, D)³ + n·min(n, D)·D).
+    Returns float64 [B] on the CPU.
+    """
+    if features.ndim != 2 or weights.ndim != 2 or weights.shape[1] != features.shape[0]:
+        raise ValueError(
+            f"need features [n, D] and weights [B, n], got {tuple(features.shape)} and "
+            f"{tuple(weights.shape)}"
+        )
+    dev = torch.device(device) if device is not None else features.device
+    f64 = torch.float64
+    x = features.to(dev, f64)
+    x = x - x.mean(0)  # FID is shift-invariant once the reference mean is shifted alike
+    shift = features.to(dev, f64).mean(0)
+    mu_r = torch.as_tensor(ref_mean).to(dev, f64) - shift
+    cov_r = torch.as_tensor(ref_cov).to(dev, f64)
+    n, d = x.shape
+    if mu_r.shape != (d,) or cov_r.shape != (d, d):
+        raise ValueError(
+            f"reference statistics of dim {tuple(mu_r.shape)}, {tuple(cov_r.shape)} do not match "
+            f"features of dim {d}"
+        )
+    y = x @ _psd_sqrt(cov_r)
+    tr_r = torch.trace(cov_r)
+    gram = y @ y.T if n <= d else None
+    sq_norms = (x * x).sum(1)
+    step = chunk or max(1, int(2e8 // (min(n, d) ** 2 + n * min(n, d) + 1)))
+    out = []
+    for start in range(0, weights.shape[0], step):
+        w = weights[start : start + step].to(dev, f64)
+        total = w.sum(1)
+        if bool((total < 2).any()):
+            raise ValueError("every replicate needs a total weight of at least 2")
+        mean = (w @ x) / total[:, None]
+        mean_term = ((mean - mu_r) ** 2).sum(1)
+        trace_term = ((w @ sq_norms) - total * (mean * mean).sum(1)) / (total - 1)
+        if gram is not None:  # n × n: W^{1/2} (centred Gram) W^{1/2}
+            kw = (w @ gram) / total[:, None]
+            quad = (kw * w).sum(1) / total
+            centred = gram - kw[:, :, None] - kw[:, None, :] + quad[:, None, None]
+            root_w = w.sqrt()
+            mat = root_w[:, :, None] * centred * root_w[:, None, :]
+        else:  # D × D: Yᵀ W Y − N ȳȳᵀ
+            mean_y = (w @ y) / total[:, None]
+            mat = torch.einsum("bn,nd,ne->bde", w, y, y)
+            mat -= total[:, None, None] * mean_y[:, :, None] * mean_y[:, None, :]
+        mat = mat / (total - 1)[:, None, None]
+        roots = torch.linalg.eigvalsh(0.5 * (mat + mat.transpose(1, 2))).clamp(min=0.0).sqrt()
+        out.append((mean_term + trace_term + tr_r - 2.0 * roots.sum(1)).cpu())
+    return torch.cat(out)
+
+
+def fid_leave_one_out(
+    features: Tensor,
+    groups: Tensor,
+    ref_mean: Tensor | np.ndarray,
+    ref_cov: Tensor | np.ndarray,
+    *,
+    device: torch.device | str | None = None,
+) -> tuple[float, Tensor]:
+    """(FID of all of ``features``, FID without each group [G]) for ``groups`` [n] with ids
+    0..G−1: the delete-one-group jackknife's values, from each group's sums (one pass over the
+    features, O(n·D² + G·D³)) rather than G recomputations."""
+    if groups.shape != (features.shape[0],):
+        raise ValueError(f"groups must be [{features.shape[0]}], got {tuple(groups.shape)}")
+    dev = torch.device(device) if device is not None else features.device
+    x = features.to(dev, torch.float64)
+    shift = x.mean(0)
+    x = x - shift
+    g = groups.to(dev, torch.int64)
+    count = int(g.max()) + 1
+    sizes = torch.bincount(g, minlength=count).to(torch.float64)
+    sums = torch.zeros(count, x.shape[1], dtype=torch.float64, device=dev).index_add_(0, g, x)
+    outers = []
+    for i in range(count):
+        rows = x[g == i]
+        outers.append(rows.T @ rows)
+    outer = torch.stack(outers)
+    mu_r = torch.as_tensor(ref_mean).to(dev, torch.float64) - shift
+    cov_r = torch.as_tensor(ref_cov).to(dev, torch.float64)
+    root_r = _psd_sqrt(cov_r)
+    tr_r = torch.trace(cov_r)
+
+    def fid_of(n: Tensor, s1: Tensor, s2: Tensor) -> float:
+        mean = s1 / n
+        cov = (s2 - n * torch.outer(mean, mean)) / (n - 1)
+        mat = root_r @ cov @ root_r
+        roots = torch.linalg.eigvalsh(0.5 * (mat + mat.T)).clamp(min=0.0).sqrt()
+        return float(((mean - mu_r) ** 2).sum() + torch.trace(cov) + tr_r - 2.0 * roots.sum())
+
+    n_all, s1_all, s2_all = sizes.sum(), sums.sum(0), outer.sum(0)
+    full = fid_of(n_all, s1_all, s2_all)
+    loo = [fid_of(n_all - sizes[i], s1_all - sums[i], s2_all - outer[i]) for i in range(count)]
+    return full, torch.tensor(loo, dtype=torch.float64)
 
 
 def _cpu_copy(t: Tensor | None) -> Tensor | None:

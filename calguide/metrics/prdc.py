@@ -33,7 +33,12 @@ from calguide.metrics.registry import (
     field_of,
 )
 
-__all__ = ["PrecisionRecallMetric", "knn_radii", "precision_recall"]
+__all__ = [
+    "PrecisionRecallMetric",
+    "knn_radii",
+    "precision_recall",
+    "precision_recall_replicates",
+]
 
 
 def _blocks(n: int, size: int) -> list[tuple[int, int]]:
@@ -227,3 +232,47 @@ class PrecisionRecallMetric(Metric):
                 ref_feats, fake, self.k, batch_size=self.pr_batch_size, device=ctx.device
             )
         return {"precision": precision, "recall": recall, "num_pr_samples": int(fake.shape[0])}
+
+
+def precision_recall_replicates(
+    real: Tensor,
+    fake: Tensor,
+    weights: Tensor,
+    k: int = 3,
+    *,
+    batch_size: int = 10000,
+    device: torch.device | str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """(precision [B], recall [B]) of each reweighted copy of ``fake`` (row b of ``weights``:
+    the multiplicities of the fake samples, as a bootstrap replicate draws them).
+
+    The manifolds' radii are those of the whole sets: a fake sample is inside the real
+    manifold or not whatever else was drawn, so a replicate's precision is the weighted mean
+    of those indicators; a replicate's recall is the share of real points inside the ball of
+    some fake sample it drew. (Recomputing the fake radii on a replicate would let a drawn
+    duplicate be its own neighbour.) A replicate holds about 63% of the distinct samples, so
+    its recall is lower than the set's: use the replicates' spread, not their level.
+    """
+    if weights.ndim != 2 or weights.shape[1] != fake.shape[0]:
+        raise ValueError(f"weights must be [B, {fake.shape[0]}], got {tuple(weights.shape)}")
+    dev = torch.device(device) if device is not None else real.device
+    w = weights.to(dev, torch.float32)
+    drawn = (w > 0).to(torch.float32)
+    with torch.no_grad(), _Float32Matmul():
+        r_real = knn_radii(real, k, batch_size=batch_size, device=dev)
+        r_fake = knn_radii(fake, k, batch_size=batch_size, device=dev)
+        inside = torch.zeros(fake.shape[0], dtype=torch.float32, device=dev)
+        covered = torch.zeros(w.shape[0], real.shape[0], dtype=torch.float32, device=dev)
+        for f0, f1 in _blocks(fake.shape[0], batch_size):
+            frows = _block(fake, f0, f1, dev)
+            for q0, q1 in _blocks(real.shape[0], batch_size):
+                dist = _dist(frows, _block(real, q0, q1, dev))
+                inside[f0:f1] = torch.maximum(
+                    inside[f0:f1], (dist <= r_real[q0:q1].unsqueeze(0)).any(dim=1).float()
+                )
+                ball = (dist <= r_fake[f0:f1].unsqueeze(1)).float()  # [fake block, real block]
+                covered[:, q0:q1] += drawn[:, f0:f1] @ ball
+                del dist, ball
+    precision = (w @ inside) / w.sum(1)
+    recall = (covered > 0).double().mean(1)
+    return precision.double().cpu(), recall.cpu()

@@ -3,7 +3,8 @@
 A *reference* is a plain dict::
 
     {"mean": float64 [D], "cov": float64 [D, D], "count": int, "dim": int,
-     "extractor": str, "features": float32/float16 [M, D] or None}
+     "extractor": str, "features": float32/float16 [M, D] or None,
+     "file": the cache file it was loaded from (set by :func:`cached_reference`)}
 
 ``features`` (a deterministic subset of at most ``max_features`` rows, chosen by image position)
 is only needed for precision/recall. Size: 50,000 × 2,048 is 400 MB in float32, 200 MB in
@@ -40,6 +41,7 @@ __all__ = [
     "cached_reference",
     "iter_adm_reference_batch",
     "load_adm_reference_batch",
+    "load_reference_file",
     "reference_cache_path",
     "reference_features",
     "to_uint8_nhwc",
@@ -177,10 +179,26 @@ def cached_reference(
             warnings.warn(f"ignoring unreadable reference cache {path}: {exc!r}", stacklevel=2)
         else:
             if isinstance(payload, dict) and payload.get("key") == canonical:
-                return dict(payload["stats"])
+                return {**payload["stats"], "file": str(path.resolve())}
     stats = {k: _loadable(v) for k, v in dict(compute()).items()}
+    stats.pop("file", None)
     atomic_torch_save({"format": 1, "key": canonical, "stats": stats}, path)
-    return stats
+    return {**stats, "file": str(path.resolve())}
+
+
+def load_reference_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The reference dict stored by :func:`cached_reference` in ``path`` (for a comparison
+    that recomputes metrics from a run's per-sample features)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"reference statistics {p} are gone (the run's metrics.cache_dir was moved or "
+            "cleaned); rerun calguide-eval on the run's samples.npz to recreate them"
+        )
+    payload = torch.load(p, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or "stats" not in payload:
+        raise ValueError(f"{p}: not a calguide reference cache")
+    return {**payload["stats"], "file": str(p.resolve())}
 
 
 def _loadable(value: Any) -> Any:

@@ -19,8 +19,9 @@ samples; ``m.state_dict(state)`` is gathered on rank 0, which runs ``combined = 
 order), then ``m.compute(combined, ctx)`` → ``{key: value}`` for every declared key.
 
 Built in: ``fid`` (:class:`~calguide.metrics.fid.FIDMetric`), ``precision_recall``
-(:class:`~calguide.metrics.prdc.PrecisionRecallMetric`) and ``class_acc``
-(:class:`ClassAccuracyMetric`). A plugin registers from its own module::
+(:class:`~calguide.metrics.prdc.PrecisionRecallMetric`), ``class_acc``
+(:class:`ClassAccuracyMetric`) and ``kid`` (:class:`~calguide.metrics.kid.KIDMetric`). A plugin
+registers from its own module::
 
     @register_metric("feature_norm")
     class FeatureNorm(Metric):
@@ -59,7 +60,7 @@ __all__ = [
     "unregister_metric",
 ]
 
-BUILTIN_METRICS = ("fid", "precision_recall", "class_acc")
+BUILTIN_METRICS = ("fid", "precision_recall", "class_acc", "kid")
 """The built-in entries, in the order their keys appear in results: GenerativeMetrics' default."""
 
 INPUTS = frozenset({"features", "logits"})
@@ -249,9 +250,11 @@ def _load_builtins() -> None:
     if _builtins_loaded:
         return
     from calguide.metrics.fid import FIDMetric
+    from calguide.metrics.kid import KIDMetric
     from calguide.metrics.prdc import PrecisionRecallMetric
 
-    builtins = dict(zip(BUILTIN_METRICS, (FIDMetric, PrecisionRecallMetric, ClassAccuracyMetric)))
+    classes = (FIDMetric, PrecisionRecallMetric, ClassAccuracyMetric, KIDMetric)
+    builtins = dict(zip(BUILTIN_METRICS, classes))
     for name, cls in builtins.items():
         _add(name, cls)
     _builtins_loaded = True

@@ -29,6 +29,7 @@ from calguide.io import (
 )
 from calguide.metrics.callback import GenerativeMetrics
 from calguide.metrics.evaluate import evaluate_samples
+from calguide.metrics.per_sample import EVAL_FEATURES
 from calguide.metrics.reference import REFERENCE_SPLITS
 from calguide.sampling.diagnostics import (
     plot_diagnostics,
@@ -328,6 +329,9 @@ def finish(
                     {k: v for k, v in metrics.results.items() if isinstance(v, (int, float))}
                 )
         record["metrics"] = metrics.results
+        kept = out_dir / EVAL_FEATURES
+        if metrics.keep_features and kept.is_file():
+            record["eval_features"] = str(kept)
         print("calguide: metrics " + json.dumps(metrics.results))
     if merged["diagnostics"]:
         record["diagnostics_csv"] = str(

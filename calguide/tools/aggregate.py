@@ -43,7 +43,14 @@ import yaml
 
 from calguide.io import atomic_path, atomic_write_text
 from calguide.metrics.registry import BUILTIN_METRICS, metric_keys
-from calguide.tools.claims import judge, verdict_block
+from calguide.tools.claims import (
+    ClaimError,
+    Settings,
+    judge,
+    row_interval,
+    verdict_block,
+    what_would_resolve,
+)
 
 DEFAULT_ROWS = ("guidance.name", "guidance.scale", "classifier.name", "denoiser.name")
 # The built-in metrics' result keys (a plugin metric's keys: pass --metrics), then the
@@ -61,7 +68,7 @@ DECIMALS = {
     "density": 3,
     "coverage": 3,
 }
-DISPLAY = {"fid": "FID", "class_acc": "class acc", "classifier_smece": "clf smECE"}
+DISPLAY = {"fid": "FID", "kid": "KID", "class_acc": "class acc", "classifier_smece": "clf smECE"}
 # guidance.name sorts baselines first: none, vanilla, then the others alphabetically.
 GUIDANCE_ORDER = {"none": 0, "vanilla": 1}
 
@@ -124,6 +131,7 @@ def run_record(data: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     for key, value in metrics.items():
         record[f"metrics.{key}" if key in flat or key in record else key] = value
     record["classifier_smece"] = data.get("classifier_smece")
+    record["eval_features"] = data.get("eval_features")
     for key, value in flat.items():
         record.setdefault(key, value)
     return record
@@ -399,6 +407,63 @@ def markdown_table(
     return "\n".join(lines) + "\n"
 
 
+INTERVAL_METRICS = ("fid", "kid", "precision", "recall", "class_acc")
+
+
+def interval_table(
+    records: Sequence[dict[str, Any]],
+    summary: Sequence[dict[str, Any]],
+    rows: Sequence[str],
+    metrics: Sequence[str],
+    settings: Settings,
+) -> tuple[str, list[dict[str, Any]]]:
+    """Markdown: per row, each metric's estimate with its 95% interval (the claims' rule:
+    Student's over the row's independent units, or a bootstrap of its one run), and the
+    same as dicts (for table.csv's ``<m>_lo`` / ``<m>_hi``)."""
+    shown = [m for m in INTERVAL_METRICS if m in metrics and m in shown_metrics(summary, metrics)]
+    if not shown:
+        return "", []
+    lines = ["| " + " | ".join([*_headers(rows), "units", *[DISPLAY.get(m, m) for m in shown]])]
+    lines[0] += " |"
+    lines.append("| " + " | ".join([":--"] * len(rows) + ["--:"] * (1 + len(shown))) + " |")
+    out = []
+    for entry in summary:
+        key = tuple(_hashable(entry[k]) for k in rows)
+        members = [r for r in records if tuple(_hashable(r.get(k)) for k in rows) == key]
+        cells, units, found = [], "—", {}
+        for m in shown:
+            interval = row_interval(members, m, settings)
+            if interval is None:
+                cells.append("—")
+                continue
+            found[f"{m}_lo"], found[f"{m}_hi"] = interval.lo, interval.hi
+            found[f"{m}_est"] = interval.estimate
+            units = (
+                f"{interval.units} {interval.method}"
+                if interval.df
+                else f"{interval.units} samples"
+            )
+            cells.append(
+                f"{_fmt(interval.estimate, m)} [{_fmt(interval.lo, m)}, {_fmt(interval.hi, m)}]"
+            )
+        out.append(found)
+        lines.append("| " + " | ".join([*(_cell(entry[k]) for k in rows), units, *cells]) + " |")
+    lines += [
+        "",
+        "Cells: the metric of the row's pooled samples [95% interval] (each row alone, not "
+        "adjusted for the number of rows): delete-one-group jackknife over the row's "
+        "independent groups ("
+        + (
+            f"blocks of {settings.block_size} sample indices"
+            if settings.block_size
+            else "its seeds' runs, or 20 index blocks of a single run"
+        )
+        + "), Student's critical value on groups − 1 degrees of freedom; a metric without "
+        "per-sample data: Student's interval over the row's runs.",
+    ]
+    return "\n".join(lines) + "\n", out
+
+
 def _csv_value(value: Any) -> Any:
     if value is None:
         return ""
@@ -580,6 +645,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=Path,
         help="YAML list of claims to judge (default: the runs' experiment.claims, if any)",
     )
+    parser.add_argument(
+        "--block-size",
+        type=int,
+        help="cut each run into blocks of this many sample indices, the intervals' independent "
+        "units (default: the runs' experiment.verdicts.block_size, else whole runs)",
+    )
+    parser.add_argument("--alpha", type=float, help="family-wise error rate (default 0.05)")
+    parser.add_argument(
+        "--bootstrap", type=int, help="bootstrap replicates for one-run rows (default 1000)"
+    )
+    parser.add_argument("--device", help="where bootstrap replicates run (cpu, cuda)")
+    parser.add_argument(
+        "--sample-cost",
+        type=float,
+        help="seconds one sample of a row costs here: within-noise verdicts then say what "
+        "resolving them would cost",
+    )
     return parser.parse_args(argv)
 
 
@@ -612,6 +694,26 @@ def load_claims(path: Path | None, records: Sequence[dict[str, Any]]) -> list[di
     return []
 
 
+def verdict_settings(args: argparse.Namespace, records: Sequence[dict[str, Any]]) -> Settings:
+    """The runs' recorded ``experiment.verdicts``, overridden by the command line."""
+    values: dict[str, Any] = {}
+    for record in records:
+        prefix = "experiment.verdicts."
+        found = {k[len(prefix) :]: v for k, v in record.items() if k.startswith(prefix)}
+        if found:
+            values = found
+            break
+    for name, key in (("block_size", "block_size"), ("alpha", "alpha"), ("bootstrap", "bootstrap")):
+        if getattr(args, name) is not None:
+            values[key] = getattr(args, name)
+    if args.device:
+        values["device"] = args.device
+    try:
+        return Settings.from_mapping(values)
+    except (ClaimError, TypeError) as err:
+        raise AggregateError(str(err)) from err
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     metrics = _split(args.metrics)
@@ -631,6 +733,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if len(tables) > 1:
                 _warn(f"runs of several tables ({', '.join(tables)}); using {table} (see --table)")
         published = load_published(args.published, table)
+        settings = verdict_settings(args, records)
         if args.table and not published:
             known = ", ".join(published_tables(args.published)) or "none"
             _warn(f"no published numbers for table {args.table!r} in {args.published} ({known})")
@@ -648,9 +751,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     title = args.title or table
     text = markdown_table(summary, rows, metrics, published=published, title=title)
-    verdicts = judge(summary, claims, records=records) if claims else []
+    try:
+        intervals, bounds = interval_table(records, summary, rows, metrics, settings)
+        verdicts = judge(records, claims, settings) if claims else []
+    except (ClaimError, ValueError, FileNotFoundError) as err:
+        print(f"aggregate: error: {err}", file=sys.stderr)
+        return 2
+    if intervals:
+        text += "\n**Intervals**\n\n" + intervals
+        for entry, found in zip(summary, bounds):
+            entry.update(found)
     if verdicts:
-        text += "\n" + verdict_block(verdicts) + "\n"
+        cost = args.sample_cost
+
+        def resolve(v: Any) -> str:
+            samples = v.units * settings.block_size if v.unit.startswith("blocks") else 0
+            return what_would_resolve(v, cost, samples)
+
+        text += "\n" + verdict_block(verdicts, settings, resolve=resolve) + "\n"
         atomic_write_text(
             json.dumps([dataclasses.asdict(v) for v in verdicts], indent=2) + "\n",
             out / "claims.json",

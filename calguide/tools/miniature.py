@@ -8,14 +8,16 @@ they are, the way ADM's checkpoints are on a cluster. Four stages, each with a p
 
 1. **estimate**: one guided sampling step and one fine-tuning step are timed on this machine
    and the whole run's length is predicted from them;
-2. **calibration**: the bundled classifier is fine-tuned on x̂₀ twice with the same steps and
-   data, with CE and with CE + the paper's Smooth ECE (``calguide-calibrate calibration=ce`` /
-   ``smece``): the before/after calibration table;
-3. **guidance**: the ``digits_miniature`` experiment's sweep (every strategy of the paper and
-   unguided, on the unconditional and the class-conditional denoiser, several seeds; and the
-   EluCD-style baseline with the CE- and the Smooth-ECE-fine-tuned classifier);
-4. **table**: mean ± std over seeds, the verdict on each claim of the paper (stated rule, see
-   :mod:`calguide.tools.claims`), the diagnostics figure and the sample grids.
+2. **calibration**: the bundled classifier is fine-tuned on x̂₀ with the same steps and data,
+   with CE and with CE + the paper's Smooth ECE (``calguide-calibrate calibration=ce`` /
+   ``smece``), once per fine-tuning seed (``experiment.calibrate_seeds``): the before/after
+   calibration table, and the independent trainings the calibration claims are judged over;
+3. **guidance**: the ``digits_miniature`` experiment's sweeps (every strategy of the paper and
+   unguided on the class-conditional denoiser, EluCD and unguided on the unconditional one, at
+   the scales tuned on seeds no verdict uses; and EluCD with each fine-tuned classifier);
+4. **table**: per row the metrics with intervals, the verdict on each claim of the paper (a
+   rule with a stated error rate, see :mod:`calguide.tools.claims`), the diagnostics figure
+   and the sample grids.
 
 Every stage reuses finished work (calibrated classifiers, finished sample folders), so a rerun
 only prints the table again.
@@ -120,18 +122,24 @@ def estimate(common: Sequence[str], jobs: list[list[str]], experiment: str) -> d
         one_step()
     step_s = (time.perf_counter() - started) / 3
     steps = module.diffusion.num_timesteps
-    batches = len(jobs) * -(-int(run.sampling.num_samples) // batch)  # jobs share the size
-    calib = compose_job(
-        "calibrate", [*experiment_settings(common, experiment)["calibrate"], *common], Path.cwd()
-    )
+    default_n = int(run.sampling.num_samples)
+    sizes = [
+        int(dict(o.split("=", 1) for o in job).get("sampling.num_samples", default_n))
+        for job in jobs
+    ]
+    batches = sum(-(-n // batch) for n in sizes)
+    settings = experiment_settings(common, experiment)
+    calib = compose_job("calibrate", [*settings["calibrate"], *common], Path.cwd())
     fine_tune_steps = int(calib.trainer.max_steps)
+    fine_tunes = 2 * len(settings.get("calibrate_seeds") or [0])
     # A fine-tuning step: one denoiser forward (x̂₀) and a classifier forward/backward.
     fine_step_s = step_s * int(calib.data.batch_size) / batch
     sampling_s = batches * steps * step_s
-    calibration_s = 2 * fine_tune_steps * fine_step_s * 1.5  # + its before/after evaluation
-    overhead_s = 8.0 + 0.3 * len(jobs)
+    calibration_s = fine_tunes * fine_tune_steps * fine_step_s * 1.5  # + its evaluation
+    overhead_s = 8.0 + 0.6 * len(jobs)
     return {
         "guided_step_s": step_s,
+        "sample_s": steps * step_s / batch,  # one guided sample, the whole chain
         "batch": batch,
         "sampling_s": sampling_s,
         "calibration_s": calibration_s,
@@ -140,22 +148,28 @@ def estimate(common: Sequence[str], jobs: list[list[str]], experiment: str) -> d
 
 
 def calibrate(common: Sequence[str], out: Path, experiment: str) -> dict[str, Path]:
-    """The CE and Smooth-ECE fine-tunes (reused when their exports exist)."""
+    """The CE and Smooth-ECE fine-tunes, one per fine-tuning seed (reused when their exports
+    exist): {"<loss> seed <k>": its calibration.json}."""
     from calguide.calibration.job import run_calibration
 
     settings = experiment_settings(common, experiment)
     made = {}
-    for name in ("ce", "smece"):
-        cfg = compose_job(
-            "calibrate", [*settings["calibrate"], *common, f"calibration={name}"],
-            out / "calibrate" / name,
-        )  # fmt: skip
-        output = Path(cfg.output)
-        if not output.is_file():
-            run_calibration(cfg)
-        else:
-            print(f"      {output} exists: reused")
-        made[name] = output.with_suffix("") / "calibration.json"
+    for seed in settings.get("calibrate_seeds") or [0]:
+        for name in ("ce", "smece"):
+            cfg = compose_job(
+                "calibrate",
+                [*settings["calibrate"], *common, f"calibration={name}", f"seed={seed}"],
+                out / "calibrate" / f"{name}-s{seed}",
+            )  # fmt: skip
+            output = Path(cfg.output)
+            started = time.perf_counter()
+            if not output.is_file():
+                run_calibration(cfg)
+                took = f"{time.perf_counter() - started:.0f} s"
+            else:
+                took = "reused"
+            print(f"      {name} fine-tune, seed {seed}: {output.name} ({took})", flush=True)
+            made[f"{name} seed {seed}"] = output.with_suffix("") / "calibration.json"
     return made
 
 
@@ -178,30 +192,57 @@ def sample(common: Sequence[str], jobs: list[list[str]], out: Path, experiment: 
         )
 
 
-def report(out: Path, calibration: dict[str, Path]) -> str:
-    """The calibration table, then the sampling table with the claims' verdicts."""
-    from calguide.calibration.report import calibration_table
+def calibration_summary(calibration: dict[str, Path]) -> str:
+    """One table for every fine-tune: held-out smECE per noise bucket, before (the bundled
+    classifier) and after each fine-tune."""
+    records = {name: json.loads(path.read_text()) for name, path in calibration.items()}
+    first = next(iter(records.values()))
+    buckets = list(first["after"])
+    lines = [
+        "**calibration: the bundled digits ResNet fine-tuned on x̂₀ (held-out smECE per "
+        "noise bucket; accuracy in brackets)**",
+        "",
+        "| classifier | " + " | ".join(buckets) + " |",
+        "| :-- | " + " | ".join("--:" for _ in buckets) + " |",
+    ]
+
+    def cells(results: dict) -> str:
+        return " | ".join(f"{results[b]['smece']:.3f} ({results[b]['acc']:.3f})" for b in buckets)
+
+    lines.append(f"| bundled (before) | {cells(first['before'])} |")
+    for name, record in records.items():
+        lines.append(f"| {name.replace('smece', 'Smooth ECE').replace('ce ', 'CE ')} | "
+                     f"{cells(record['after'])} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def report(
+    out: Path,
+    calibration: dict[str, Path],
+    jobs: int,
+    sample_s: float | None = None,
+    claims_file: Path | None = None,
+) -> str:
+    """The calibration table, then the sampling table with the claims' verdicts, from this
+    run's ``jobs`` sampling folders (``out/sample/0..jobs−1``; a folder left by an earlier
+    configuration with more jobs is not read)."""
     from calguide.io import atomic_write_text
     from calguide.sampling.diagnostics import plot_diagnostics, read_diagnostics_csv
     from calguide.tools import aggregate
 
-    parts = []
-    for name, path in calibration.items():
-        record = json.loads(path.read_text())
-        parts.append(
-            calibration_table(
-                record["after"], record["before"],
-                title=f"calibration: bundled digits ResNet fine-tuned on x̂₀ with {name}",
-            )
-        )  # fmt: skip
+    parts = [calibration_summary(calibration)] if calibration else []
+    extra = ["--sample-cost", f"{sample_s:.6g}"] if sample_s else []
+    if claims_file is not None:
+        extra += ["--claims", str(claims_file)]
+    folders = [str(out / "sample" / str(i)) for i in range(jobs)]
     code = aggregate.main(
-        [str(out / "sample"), "--out", str(out), "--title", "make run: the paper in miniature"]
+        [*folders, "--out", str(out), "--title", "make run: the paper in miniature", *extra]
     )
     if code != 0:
         raise SystemExit(code)
     curves = {}
-    for job in sorted((out / "sample").iterdir(), key=lambda p: int(p.name)):
-        record = json.loads((job / "sampling.json").read_text())
+    for i in range(jobs):
+        record = json.loads((out / "sample" / str(i) / "sampling.json").read_text())
         csv_path = record.get("diagnostics_csv")
         if csv_path and Path(csv_path).is_file():
             label = f"{record['config']['denoiser']['name']} {record['guidance']}"
@@ -213,6 +254,29 @@ def report(out: Path, calibration: dict[str, Path]) -> str:
     return text
 
 
+def tuning_note(settings: dict) -> str:
+    """Where the guidance scales come from, and which denoiser no scale helps."""
+    tuning = settings.get("tuning") or {}
+    scales = tuning.get("scales") or {}
+    if not scales:
+        return ""
+    lines = [
+        f"**Guidance scales** (chosen on tuning seed {tuning.get('seed')}, which no verdict "
+        "uses; rule and table: docs/tuning/miniature_scales.md):"
+    ]
+    for denoiser, scale in scales.items():
+        if scale is None:
+            lines.append(
+                f"- {denoiser}: no scale of EluCD's recipe lowers FID against unguided "
+                "sampling, so the paper's strategy claims are not judged on it (they would "
+                "compare strategies in a regime where guidance only hurts); only its recipe "
+                "scale 1 against unguided sampling is"
+            )
+        else:
+            lines.append(f"- {denoiser}: scale {scale:g}")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="calguide-miniature", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("logs/make-run"))
@@ -221,6 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--experiment", default=EXPERIMENT, help="the conf/experiment/ option (sweeps, claims)"
     )
     args = parser.parse_args(argv)
+    from calguide.io import atomic_write_text
+
     experiment = args.experiment
     out = args.out.resolve()
     common = list(args.overrides)
@@ -238,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress.finished(since)
 
     since = progress.stage(
-        "calibration: fine-tune the bundled classifier with CE and CE + Smooth ECE"
+        "calibration: fine-tune the bundled classifier with CE and CE + Smooth ECE, per seed"
     )
     calibration = calibrate(common, out, experiment)
     progress.finished(since)
@@ -247,8 +313,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sample(common, jobs, out, experiment)
     progress.finished(since)
 
-    since = progress.stage("table: mean ± std over seeds, verdicts on the paper's claims")
-    text = report(out, calibration)
+    since = progress.stage("table: intervals per row, verdicts on the paper's claims")
+    text = report(out, calibration, len(jobs), sample_s=guess["sample_s"])
+    note = tuning_note(experiment_settings(common, experiment))
+    if note:
+        text += "\n" + note
+        atomic_write_text((out / "report.md").read_text() + "\n" + note, out / "report.md")
     progress.finished(since)
     print()
     print(text)

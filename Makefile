@@ -127,12 +127,16 @@ run: $(STAMP) ## the paper in miniature on the bundled models: calibration, ever
 
 # ---------------------------------------------------------------------------- tables
 # make reproduce-table-<name>: run a conf/experiment/<name> sweep into logs/tables/<name>/ and
-# aggregate it (table.md, table.csv, runs.csv, plots). Finished samples are reused from
-# artifacts/, so a rerun only recomputes what changed.
+# aggregate it (table.md, table.csv, runs.csv, plots, verdicts). Finished samples are reused from
+# artifacts/, so a rerun only recomputes what changed. DIFFUSION=dpmpp [NFE=20] samples the table
+# with DPM-Solver++(2M) at NFE network evaluations instead of the recipe's DDPM chain: for sweeps
+# and exploration (README "Few-step sampling"); the paper's protocol stays DDPM 250.
+NFE ?= 20
+SAMPLER_ARGS := $(if $(DIFFUSION),diffusion=$(DIFFUSION) diffusion.respacing=$(NFE),)
 define run_table
-	@$(BIN)/calguide-preflight $(1) $(COMMON)
+	@$(BIN)/calguide-preflight $(1) $(COMMON) $(SAMPLER_ARGS)
 	rm -rf $(TABLES)/$(1)
-	$(BIN)/calguide-sample --multirun $(COMMON) experiment=$(1) $(TABLE_ARGS)
+	$(BIN)/calguide-sample --multirun $(COMMON) experiment=$(1) $(SAMPLER_ARGS) $(TABLE_ARGS)
 	$(BIN)/calguide-aggregate $(TABLES)/$(1)
 endef
 

@@ -13,12 +13,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from calguide.calibration.module import INPUT_MODES
 from calguide.diffusion.samplers import build_sampler, sampler_names
-from calguide.diffusion.schedules import SCHEDULES, space_timesteps
+from calguide.diffusion.schedules import SCHEDULES, beta_schedule, space_timesteps
 from calguide.errors import ConfigError
 from calguide.metrics.features import EXTRACTOR_KINDS
 from calguide.metrics.reference import REFERENCE_SPLITS
@@ -117,7 +118,8 @@ class DiffusionConfig:
         _choice("diffusion.sampler", self.sampler, sampler_names())
         _in_range("diffusion.eta", self.eta, 0.0, 1.0)
         try:
-            space_timesteps(self.steps, self.respacing)
+            cumprod = torch.cumprod(1.0 - beta_schedule(self.schedule, self.steps), dim=0)
+            space_timesteps(self.steps, self.respacing, cumprod)
             self.sampler_impl = build_sampler(self.sampler, **self.sampler_knobs())
         except (ValueError, TypeError) as err:
             raise ConfigError(str(err)) from None

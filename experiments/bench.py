@@ -147,10 +147,13 @@ class Pair:
         self.noise = torch.randn_like(self.x)
         self.device = device
 
-    def guidance(self, strategy: str | None, classifier: torch.nn.Module):
+    def guidance(
+        self, strategy: str | None, classifier: torch.nn.Module, schedule: str = "constant"
+    ):
         if strategy is None:
             return None
-        spec = guidance_config(strategy, scale=1.0, schedule="constant", schedule_params={})
+        params = {"gamma": 0.3} if schedule == "elucd" else {}
+        spec = guidance_config(strategy, scale=1.0, schedule=schedule, schedule_params=params)
         return assembly.guidance_with(spec, GuidanceClassifier(classifier, input_mode="x0"), 1000)
 
     def step(
@@ -240,6 +243,7 @@ def bench(
             k: v / results["strategies"]["vanilla"] for k, v in results["strategies"].items()
         }
     results["metrics"] = metrics_overhead(p, repeats, warmup)
+    results["samplers"] = bench_samplers(p, repeats, warmup)
     if fast_paths:
         results["fast_paths"] = bench_fast_paths(p, repeats, warmup)
     return results
@@ -274,6 +278,51 @@ def bench_fast_paths(p: Pair, repeats: int, warmup: int) -> dict:
     base = out["fp32 eager"]["step_s"]
     for entry in out.values():
         entry["speedup"] = base / entry["step_s"]
+    return out
+
+
+SAMPLER_GRID = {"dpmpp_2m": (10, 15, 20, 25), "ddpm": (100, 250)}
+
+
+def bench_samplers(p: Pair, repeats: int, warmup: int) -> dict:
+    """Seconds per guided sample (EluCD's score and additive schedule, vanilla) for each
+    sampler and step count: NFE × one step through the sampler entry / batch. A
+    DPM-Solver++ step is timed in its second-order form (with a previous data prediction)."""
+    from calguide.diffusion.samplers import build_sampler
+
+    runs: dict[str, Callable[[], torch.Tensor]] = {}
+    for name, counts in SAMPLER_GRID.items():
+        for nfe in counts:
+            chain = GaussianDiffusion.from_config(learn_sigma=True, respacing=str(nfe))
+            module = SamplingModule(
+                p.unet, chain, sample_shape=p.shape, class_cond=bool(p.flags.get("class_cond")),
+                guidance=p.guidance("vanilla", p.classifier, schedule="elucd"), progress=False,
+            ).to(p.device)  # fmt: skip
+            call, guidance = module.model_fn(p.labels), module.bound_guidance(p.labels)
+            sampler = build_sampler(name)
+            t = torch.full_like(p.t, nfe // 2)
+            state = sampler.start(p.x)
+            _, state = sampler.step(
+                chain, call, p.x, t + 1, p.noise, state, guidance=guidance, clip_denoised=True
+            )
+
+            def run(sampler=sampler, chain=chain, call=call, guidance=guidance, t=t, state=state):
+                out, _ = sampler.step(
+                    chain, call, p.x, t, p.noise, state, guidance=guidance, clip_denoised=True
+                )
+                guidance.diagnostics.clear()
+                return out.sample
+
+            runs[f"{name} {nfe}"] = run
+    timed = interleaved_medians(runs, repeats, warmup, p.device)
+    batch = p.x.shape[0]
+    out = {}
+    for key, step_s in timed.items():
+        nfe = int(key.split()[-1])
+        out[key] = {"nfe": nfe, "step_s": step_s, "sample_s": nfe * step_s / batch}
+    reference = out["ddpm 250"]["sample_s"]
+    for entry in out.values():
+        entry["vs_ddpm250"] = entry["sample_s"] / reference
     return out
 
 
@@ -319,6 +368,17 @@ def markdown(results: dict) -> str:
         f"- metrics: extracting features of one batch takes {m['extract_batch_s'] * 1e3:.1f} ms, "
         f"{m['ratio'] * 100:.2f}% of sampling it ({m['sample_batch_s']:.1f} s for 250 steps)",
     ]
+    lines += [
+        "",
+        "| sampler (vanilla, EluCD's score and schedule) | NFE | step (ms) | s per guided sample "
+        "| / DDPM 250 |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for key, e in r["samplers"].items():
+        lines.append(
+            f"| {key.rsplit(' ', 1)[0]} | {e['nfe']} | {e['step_s'] * 1e3:.1f} | "
+            f"{e['sample_s']:.3g} | {e['vs_ddpm250']:.3f} |"
+        )
     if "fast_paths" in r:
         lines += [
             "",

@@ -55,7 +55,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
 }
 # Budget a section must still have before it starts (seconds; compile pays its first call).
-SECTION_COST_S = {"step": 25.0, "compile": 150.0, "e2e": 60.0, "metrics": 60.0}
+SECTION_COST_S = {
+    "step": 25.0,
+    "compile": 150.0,
+    "e2e": 60.0,
+    "metrics": 60.0,
+    "samplers": 40.0,
+}
 
 
 def sampling_switches(switches: dict[str, Any]) -> dict[str, Any]:
@@ -427,6 +433,19 @@ def projection(steps: dict[str, Any], samples: int = 50_000, chain: int = 250) -
     return {"samples": samples, "steps": chain, "gpu_hours": hours}
 
 
+def samplers_section(pair, repeats: int, warmup: int) -> dict[str, Any]:
+    """DPM-Solver++(2M) at 20 and 25 NFE beside DDPM at 100 and 250 steps (fp32, vanilla on
+    EluCD's score and additive schedule): seconds per guided sample, and the projected hours of
+    a 50,000-sample run."""
+    from bench import bench_samplers
+
+    found = bench_samplers(pair, repeats, warmup)
+    keep = {k: v for k, v in found.items() if k in ("dpmpp_2m 20", "dpmpp_2m 25", "ddpm 250")}
+    for entry in keep.values():
+        entry["hours_50k"] = 50_000 * entry["sample_s"] / 3600
+    return {"batch": int(pair.x.shape[0]), "samplers": keep}
+
+
 def _fmt(value: Any, spec: str = ".3g") -> str:
     return "–" if value is None else format(value, spec)
 
@@ -508,6 +527,21 @@ def markdown(data: dict[str, Any]) -> str:
         ]
         for label, h in proj.items():
             lines.append(f"| {label} | {h['unguided']:.2f} | {h['vanilla']:.2f} | {h['js']:.2f} |")
+    samplers = sections.get("samplers", {}).get("samplers", {})
+    if samplers:
+        lines += [
+            "",
+            f"## Samplers (fp32, vanilla on EluCD's score and schedule, batch "
+            f"{sections['samplers']['batch']})",
+            "",
+            "| sampler | NFE | step (ms) | s per guided sample | 50K-sample run (GPU-hours) |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for key, e in samplers.items():
+            lines.append(
+                f"| {key.rsplit(' ', 1)[0]} | {e['nfe']} | {e['step_s'] * 1e3:.1f} "
+                f"| {e['sample_s']:.3g} | {e['hours_50k']:.2f} |"
+            )
     errors = [f"- {k}: {v['error']}" for k, v in sections.items() if "error" in v]
     if errors:
         lines += ["", "## Errors", "", *errors]
@@ -572,6 +606,8 @@ def main(argv: list[str] | None = None) -> int:
         report.section("e2e", lambda: e2e_section(pair, args.e2e_samples, args.e2e_steps, fast))
     if report.fits(SECTION_COST_S["metrics"]):
         report.section("metrics", lambda: metrics_section(device, args.features, 2048, args.subset))
+    if report.fits(SECTION_COST_S["samplers"]):
+        report.section("samplers", lambda: samplers_section(pair, args.repeats, args.warmup))
     report.section("projection", lambda: projection(steps or {}))
     print(markdown(report.data))
     return 0

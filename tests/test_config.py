@@ -64,7 +64,11 @@ def test_adm128_denoiser_flags_build_the_official_layout(compose_config):
         ("diffusion.steps=-5", "diffusion.steps=-5: must be >= 1"),
         ("diffusion.schedule=quadratic", "diffusion.schedule='quadratic': must be one of"),
         ("diffusion.respacing=abc", "diffusion.respacing 'abc'"),
-        ("diffusion.sampler=euler", "diffusion.sampler='euler': must be one of ['ddpm', 'ddim']"),
+        (
+            "diffusion.sampler=euler",
+            "diffusion.sampler='euler': must be one of ['ddpm', 'ddim', 'dpmpp_2m', 'dpmpp_2m_sde'"
+            "]",
+        ),
         ("data.batch_size=0", "data.batch_size=0: must be >= 1"),
         ("data.heldout_fraction=1.5", "data.heldout_fraction=1.5: must be in [0.0, 1.0)"),
         ("optim.ema_decay=1.0", "optim.ema_decay=1.0"),

@@ -58,8 +58,14 @@ def test_smoke_run_writes_every_section(tmp_path) -> None:
     assert hours["vanilla"] == pytest.approx(
         50_000 * 250 / fp32["images_steps_per_s"]["vanilla"] / 3600
     )
+    samplers = sections["samplers"]["samplers"]
+    assert set(samplers) == {"dpmpp_2m 20", "dpmpp_2m 25", "ddpm 250"}
+    for entry in samplers.values():
+        assert entry["hours_50k"] == pytest.approx(50_000 * entry["sample_s"] / 3600)
+    assert samplers["dpmpp_2m 20"]["sample_s"] < samplers["ddpm 250"]["sample_s"]
     text = (out / "gpu_check.md").read_text()
     assert "## One DDPM step" in text and "## Projected GPU-hours" in text
+    assert "## Samplers" in text
 
 
 def test_conf_dir_falls_back_to_the_checkout(monkeypatch) -> None:

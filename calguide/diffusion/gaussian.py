@@ -140,7 +140,8 @@ class GaussianDiffusion:
             variance = "fixed_small" if sigma_small else "fixed_large"
         if respacing in ("", None):
             return cls(base, variance=variance)
-        betas, timestep_map = respace_betas(base, space_timesteps(steps, respacing))
+        cumprod = torch.cumprod(1.0 - base, dim=0)
+        betas, timestep_map = respace_betas(base, space_timesteps(steps, respacing, cumprod))
         return cls(betas, variance=variance, timestep_map=timestep_map, base_betas=base)
 
     # ----------------------------------------------------------------------- forward process

@@ -79,7 +79,7 @@ def step_variance(variance: Tensor) -> Tensor:
     return variance.reshape(variance.shape[0], -1)[:, 0]
 
 
-def _checked_gradient(guidance: Callable, x_t: Tensor, pred_x0: Tensor, t_model: Tensor) -> Tensor:
+def checked_gradient(guidance: Callable, x_t: Tensor, pred_x0: Tensor, t_model: Tensor) -> Tensor:
     grad = guidance(x_t, pred_x0, t_model)
     if grad.shape != x_t.shape:
         raise ValueError(
@@ -115,7 +115,7 @@ def ddpm_step(
     out = diffusion.p_mean_variance(model_output, x_t, t, clip_denoised=clip_denoised)
     mean, grad, running_max = out.mean, None, None
     if guidance is not None:
-        grad = _checked_gradient(guidance, x_t, out.pred_x0, diffusion.model_timesteps(t))
+        grad = checked_gradient(guidance, x_t, out.pred_x0, diffusion.model_timesteps(t))
         current = step_variance(out.variance)
         running_max = current if variance_max is None else torch.maximum(variance_max, current)
         extra = _extra_variance(guidance, t, diffusion.num_timesteps, running_max)
@@ -165,7 +165,7 @@ def ddim_step(
     out = diffusion.p_mean_variance(model_output, x_t, t, clip_denoised=clip_denoised)
     pred_x0, grad = out.pred_x0, None
     if guidance is not None:
-        grad = _checked_gradient(guidance, x_t, out.pred_x0, diffusion.model_timesteps(t))
+        grad = checked_gradient(guidance, x_t, out.pred_x0, diffusion.model_timesteps(t))
         _, pred_x0 = condition_score(diffusion, out, x_t, t, grad)
     eps = diffusion.predict_eps_from_x0(x_t, t, pred_x0)
     alpha_bar = extract(diffusion.alphas_cumprod, t, x_t)

@@ -39,17 +39,50 @@ def beta_schedule(name: str, num_steps: int) -> torch.Tensor:
     raise ValueError(f"diffusion.schedule must be one of {list(SCHEDULES)}, got {name!r}")
 
 
-def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> list[int]:
+def logsnr_timesteps(alphas_cumprod: torch.Tensor, count: int) -> list[int]:
+    """``count`` base timesteps spread uniformly in log-SNR between the chain's ends (each the
+    nearest base step to its target; the first and last steps always kept)."""
+    a = alphas_cumprod.to(torch.float64)
+    if count < 2 or count > len(a):
+        raise ValueError(f"diffusion.respacing 'logsnr{count}': need 2 <= N <= {len(a)} steps")
+    logsnr = torch.log(a) - torch.log1p(-a)  # decreasing in t
+    targets = torch.linspace(float(logsnr[0]), float(logsnr[-1]), count, dtype=torch.float64)
+    kept = {int(torch.argmin((logsnr - v).abs())) for v in targets}
+    free = [t for t in range(len(a)) if t not in kept]
+    while len(kept) < count:  # two targets met the same step: take the next free one
+        gaps = sorted(kept)
+        widest = max(range(len(gaps) - 1), key=lambda k: gaps[k + 1] - gaps[k])
+        middle = (gaps[widest] + gaps[widest + 1]) // 2
+        kept.add(middle if middle in free else free.pop())
+    return sorted(kept)
+
+
+def space_timesteps(
+    num_timesteps: int,
+    section_counts: str | Sequence[int],
+    alphas_cumprod: torch.Tensor | None = None,
+) -> list[int]:
     """The base timesteps kept by an ADM respacing string, sorted.
 
     ``"250"`` keeps 250 evenly spread steps; ``"10,15,20"`` splits the chain into three equal
     sections and keeps that many steps in each; ``"ddim50"`` keeps a fixed stride that gives
-    exactly 50 steps (the DDIM paper's spacing). An empty string keeps every step.
+    exactly 50 steps (the DDIM paper's spacing); ``"logsnr20"`` keeps 20 steps uniform in
+    log-SNR (needs the chain's ``alphas_cumprod``). An empty string keeps every step.
     """
     if isinstance(section_counts, str):
         spec = section_counts.strip()
         if spec == "":
             return list(range(num_timesteps))
+        if spec.startswith("logsnr"):
+            try:
+                count = int(spec[len("logsnr") :])
+            except ValueError:
+                raise ValueError(
+                    f"diffusion.respacing {spec!r}: expected 'logsnrN' with an integer N"
+                ) from None
+            if alphas_cumprod is None:
+                alphas_cumprod = torch.cumprod(1.0 - beta_schedule("linear", num_timesteps), 0)
+            return logsnr_timesteps(alphas_cumprod, count)
         if spec.startswith("ddim"):
             try:
                 desired = int(spec[len("ddim") :])
@@ -68,7 +101,7 @@ def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> 
             counts = [int(part) for part in spec.split(",")]
         except ValueError:
             raise ValueError(
-                f"diffusion.respacing {spec!r}: expected '', 'N', 'N1,N2,...' or 'ddimN'"
+                f"diffusion.respacing {spec!r}: expected '', 'N', 'N1,N2,...', 'ddimN' or 'logsnrN'"
             ) from None
     else:
         counts = [int(c) for c in section_counts]

@@ -58,6 +58,20 @@ def table_files(experiment: str, overrides: Sequence[str]) -> tuple[int, dict[Pa
     return len(jobs), files
 
 
+def sampler_line(experiment: str, overrides: Sequence[str]) -> str:
+    """What samples the table: the sampler, its steps and its knobs (the first job's)."""
+    cfg = _compose([f"experiment={experiment}", *overrides])
+    diffusion = cfg.diffusion
+    steps = str(diffusion.respacing) or str(diffusion.steps)
+    params = diffusion.get("sampler_params")
+    knobs = OmegaConf.to_container(params, resolve=True) if params is not None else {}
+    text = f"{diffusion.sampler}, respacing {steps!r}"
+    if knobs:
+        text += " (" + ", ".join(f"{k}={v}" for k, v in knobs.items()) + ")"
+    GlobalHydra.instance().clear()
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="calguide-preflight", description=__doc__.splitlines()[0])
     parser.add_argument("experiment", help="a name under conf/experiment/")
@@ -75,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = ["calguide-sample", "--multirun", f"experiment={args.experiment}", *args.overrides]
     print(f"table {args.experiment}: {count} runs")
     print(f"command: {shlex.join(command)}")
+    print(f"sampler: {sampler_line(args.experiment, args.overrides)}")
     print("files:")
     for path, what in files.items():
         print(f"  [{'ok' if path.is_file() else 'MISSING'}] {path}   ({what})")

@@ -35,6 +35,7 @@ def toy_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("respacing", ["10", "25", "logsnr15"])
 def test_unguided_agrees_with_diffusers(respacing: str) -> None:
     import diffusers  # a dev dependency: the reference implementation
+
     diffusion = chain(respacing)
     x_T = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     ours = sample_loop(
@@ -240,6 +241,7 @@ def test_logsnr_timesteps_are_uniform_in_logsnr_and_bad_knobs_are_one_line() -> 
 @pytest.mark.parametrize("respacing", ["10", "logsnr15"])
 def test_sde_variant_agrees_with_diffusers_on_the_same_noise(respacing: str) -> None:
     import diffusers  # a dev dependency: the reference implementation
+
     diffusion = chain(respacing)
     g = torch.Generator().manual_seed(7)
     x_T = torch.randn(3, 2, 4, 4, generator=g, dtype=torch.float64)

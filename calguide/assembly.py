@@ -33,11 +33,10 @@ from calguide.config import (
     job_config,
 )
 from calguide.data import ImageDataModule
-from calguide.denoiser import load_denoiser
 from calguide.diffusion import GaussianDiffusion, Sampler
+from calguide.errors import ConfigError
 from calguide.guidance import ClassifierGuidance, GuidanceClassifier, make_guidance
 from calguide.io import content_sha256
-from calguide.metrics.callback import GenerativeMetrics
 from calguide.metrics.features import ClassifierFeatureExtractor, InceptionExtractor
 from calguide.metrics.reference import (
     REFERENCE_SPLITS,
@@ -45,8 +44,10 @@ from calguide.metrics.reference import (
     iter_adm_reference_batch,
     reference_features,
 )
+from calguide.modules.denoiser import load_denoiser
+from calguide.modules.metrics import GenerativeMetrics
+from calguide.modules.sampling import SamplingModule
 from calguide.nets.classifiers import Classifier, build_classifier, load_classifier
-from calguide.sampling.module import SamplingModule
 
 # --------------------------------------------------------------------------------- data
 
@@ -106,6 +107,22 @@ def load_denoiser_file(
 
 def denoiser(spec: DenoiserConfig, path: str | os.PathLike) -> Denoiser:
     return load_denoiser_file(path, spec.flags, f"denoiser '{spec.name}'")
+
+
+def float32_off_gpu(net: Denoiser) -> Denoiser:
+    """ADM's ``use_fp16`` blocks (the official ImageNet flags) in float32 when the run is not on
+    a CUDA GPU: half-precision convolutions crawl on a CPU (17 CPU-minutes without finishing 4
+    steps of ADM-128, against 201 s for the whole run in float32)."""
+    if not net.flags.get("use_fp16"):
+        return net
+    convert = getattr(net.net, "convert_to_fp32", None)
+    if callable(convert):
+        convert()
+    print(
+        "calguide: denoiser.flags.use_fp16 (ADM's half-precision blocks) is for CUDA GPUs; "
+        "this run is not on one, so the denoiser runs in float32"
+    )
+    return Denoiser(net.net, {**net.flags, "use_fp16": False}, net.diffusion)
 
 
 def chain(
@@ -245,6 +262,13 @@ def sampling_setup(cfg: DictConfig) -> SamplingSetup:
     """Denoiser, chain, guidance and sampler of a ``calguide-sample`` config, as one module."""
     run = checked(cfg)
     net = denoiser(run.denoiser, denoiser_path(cfg))
+    if not runs_on_gpu(cfg):
+        net = float32_off_gpu(net)
+        if run.sampling.precision != "32":
+            print(
+                f"calguide: sampling.precision={run.sampling.precision} is a CUDA autocast; this "
+                "run is not on a CUDA GPU, so it samples in float32"
+            )
     num_timesteps = chain(run.diffusion, net.flags, net.diffusion, respaced=False).num_timesteps
     hook, clf_meta = guidance(run.guidance, run.classifier, num_timesteps)
     module = sampling_module(net, run.diffusion, run.sampling, guidance=hook, seed=int(cfg.seed))
@@ -395,19 +419,70 @@ def run_group(cfg: DictConfig) -> str:
     return (cfg.get("experiment") or {}).get("table") or str(cfg.get("task_name", "calguide"))
 
 
+WANDB_MODES = ("online", "offline", "dryrun", "disabled")
+
+
+def wandb_key_configured() -> bool:
+    """Whether W&B would find an API key: ``WANDB_API_KEY``, or the netrc entry ``wandb
+    login`` writes for the W&B host (``WANDB_BASE_URL``, default api.wandb.ai)."""
+    import netrc
+    from urllib.parse import urlparse
+
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    path = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+    try:
+        entry = netrc.netrc(path).authenticators(host or "api.wandb.ai")
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return bool(entry and entry[2])
+
+
+def wandb_mode(offline_asked: bool, save_dir: str | os.PathLike) -> tuple[str, str | None]:
+    """(mode, a line for the user or None): ``WANDB_MODE`` when set; offline when the config
+    asks; online with an API key; otherwise offline, saying so and how to upload later."""
+    env = os.environ.get("WANDB_MODE", "").strip().lower()
+    if env:
+        if env not in WANDB_MODES:
+            raise ConfigError(f"WANDB_MODE={env!r}: must be one of {list(WANDB_MODES)}")
+        if env == "online" and not wandb_key_configured():
+            raise ConfigError(
+                "logger=wandb with WANDB_MODE=online, but no W&B API key is configured: run "
+                "`wandb login` or set WANDB_API_KEY (or unset WANDB_MODE to log offline)"
+            )
+        return env, None
+    if offline_asked:
+        return "offline", None
+    if wandb_key_configured():
+        return "online", None
+    where = Path(save_dir) / "wandb"
+    return "offline", (
+        f"calguide: W&B: no API key configured (WANDB_API_KEY or `wandb login`): logging offline "
+        f"to {where}; upload later with `wandb sync {where}/offline-run-*`"
+    )
+
+
 def loggers(cfg: DictConfig) -> list:
     """The configured loggers (``logger`` group: a mapping of name → Lightning logger spec).
 
     W&B runs get the conventions of the README's dashboard section: group = table (or task),
-    tags from :func:`run_tags` added to the configured ones, the full resolved config.
+    tags from :func:`run_tags` added to the configured ones, the full resolved config; they run
+    online with an API key and offline (with one line saying so) without, never a traceback.
     """
     from hydra.utils import instantiate
 
     built = []
     for spec in (cfg.get("logger") or {}).values():
         if str(spec.get("_target_", "")).endswith("WandbLogger"):
-            extra = {"group": spec.get("group") or run_group(cfg)}
+            mode, message = wandb_mode(bool(spec.get("offline")), str(spec.get("save_dir") or "."))
+            if message:
+                print(message)
+            extra: dict[str, Any] = {"group": spec.get("group") or run_group(cfg)}
             extra["tags"] = list(dict.fromkeys([*(spec.get("tags") or []), *run_tags(cfg)]))
+            extra["offline"] = mode in ("offline", "dryrun")
+            if mode == "disabled":
+                extra["mode"] = "disabled"
             # ``config`` is also instantiate()'s own first parameter: pass it to the partial.
             factory = instantiate(spec, _partial_=True, **extra)
             built.append(factory(config=job_config(cfg)))
@@ -416,10 +491,47 @@ def loggers(cfg: DictConfig) -> list:
     return built
 
 
+GPU_ACCELERATORS = ("gpu", "cuda")
+
+
+def gpu_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def check_machine(cfg: DictConfig) -> None:
+    """What the config asks of this machine that it does not have: one ConfigError naming the
+    request and what there is, before anything is loaded."""
+    spec = cfg.get("trainer")
+    if spec is None:
+        return
+    accelerator = str(spec.get("accelerator", "auto")).lower()
+    devices = spec.get("devices", 1)
+    if accelerator in GPU_ACCELERATORS:
+        count = torch.cuda.device_count() if gpu_available() else 0
+        if count == 0:
+            raise ConfigError(
+                f"trainer.accelerator={accelerator}: this machine has no CUDA GPU "
+                "(torch.cuda.is_available() is False); use trainer=cpu"
+            )
+        if isinstance(devices, int) and devices > count:
+            raise ConfigError(
+                f"trainer.devices={devices}: this machine has {count} CUDA GPU(s); use "
+                f"trainer.devices={count} or fewer"
+            )
+
+
+def runs_on_gpu(cfg: DictConfig) -> bool:
+    """Whether the job's Trainer will put the networks on a CUDA GPU."""
+    spec = cfg.get("trainer") or {}
+    accelerator = str(spec.get("accelerator", "auto")).lower()
+    return gpu_available() and accelerator in (*GPU_ACCELERATORS, "auto")
+
+
 def trainer(cfg: DictConfig, **kwargs: Any):
     """The Lightning Trainer of ``cfg.trainer`` with the configured loggers."""
     from hydra.utils import instantiate
 
+    check_machine(cfg)
     return instantiate(cfg.trainer, logger=loggers(cfg) or False, **kwargs)
 
 

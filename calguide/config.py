@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from calguide.calibration.module import INPUT_MODES
+from calguide.calibration.inputs import INPUT_MODES
 from calguide.diffusion.samplers import build_sampler, sampler_names
 from calguide.diffusion.schedules import SCHEDULES, beta_schedule, space_timesteps
 from calguide.errors import ConfigError
@@ -26,8 +26,8 @@ from calguide.metrics.reference import REFERENCE_SPLITS
 from calguide.metrics.registry import BUILTIN_METRICS, metric_names
 from calguide.nets.classifiers import ARCHITECTURES, NORMALIZATIONS
 from calguide.sampling.labels import LABEL_PROTOCOLS
-from calguide.sampling.module import NOISE_MODES
-from calguide.sampling.module import PRECISIONS as SAMPLING_PRECISIONS
+from calguide.sampling.noise import NOISE_MODES
+from calguide.sampling.noise import PRECISIONS as SAMPLING_PRECISIONS
 
 
 def _register_resolvers() -> None:

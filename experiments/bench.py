@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import platform
@@ -31,11 +32,17 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from calguide import assembly
-from calguide.config import ClassifierConfig, conf_dir, guidance_config, validated
-from calguide.diffusion import GaussianDiffusion, ddpm_step
+from calguide.config import (
+    ClassifierConfig,
+    DiffusionConfig,
+    conf_dir,
+    guidance_config,
+    validated,
+)
+from calguide.diffusion import ddpm_step
 from calguide.guidance import GuidanceClassifier
+from calguide.modules.sampling import SamplingModule
 from calguide.nets import create_unet
-from calguide.sampling.module import SamplingModule
 
 STRATEGIES = (
     "vanilla",
@@ -53,7 +60,8 @@ STRATEGIES = (
 PAIRS = {"digits": ("unet_tiny", "digits_resnet"), "adm128": ("adm128", "resnet101")}
 
 
-def pair_spec(pair: str) -> tuple[dict, ClassifierConfig]:
+def pair_spec(pair: str) -> tuple[dict, ClassifierConfig, DiffusionConfig]:
+    """A pair's denoiser flags, classifier and diffusion sections, as a run composes them."""
     denoiser, classifier = PAIRS[pair]
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
         cfg = compose(
@@ -65,7 +73,17 @@ def pair_spec(pair: str) -> tuple[dict, ClassifierConfig]:
                 "denoiser.checkpoint=null",
             ],
         )
-    return dict(validated(cfg, "denoiser").flags), validated(cfg, "classifier")
+    return (
+        dict(validated(cfg, "denoiser").flags),
+        validated(cfg, "classifier"),
+        validated(cfg, "diffusion"),
+    )
+
+
+def chain_of(diffusion: DiffusionConfig, flags: dict, respacing: str, sampler: str = "ddpm"):
+    """The pair's chain at ``respacing`` (and the sampler entry), built as a run builds it."""
+    spec = dataclasses.replace(diffusion, respacing=respacing, sampler=sampler, sampler_params={})
+    return assembly.chain(spec, flags), assembly.sampler(spec)
 
 
 def timed_call(fn: Callable[[], object], device: torch.device) -> float:
@@ -128,7 +146,7 @@ class Pair:
     """Random-weight denoiser + guidance classifier of a pair, and one batch mid-chain."""
 
     def __init__(self, pair: str, batch: int, device: torch.device) -> None:
-        flags, clf = pair_spec(pair)
+        flags, clf, diffusion = pair_spec(pair)
         if device.type != "cuda":
             flags["use_fp16"] = False  # ADM's fp16 blocks are for GPUs; half convs crawl on CPU
         torch.manual_seed(0)
@@ -138,7 +156,8 @@ class Pair:
         self.classifier = assembly.classifier(clf, None, "bench classifier")[0].to(device).eval()
         size, channels = flags["image_size"], flags.get("in_channels", 3)
         self.shape = (channels, size, size)
-        self.chain = GaussianDiffusion.from_config(learn_sigma=True, respacing="250")
+        self.diffusion = diffusion
+        self.chain, _ = chain_of(diffusion, flags, "250")
         self.x = torch.randn(batch, *self.shape, device=device)
         self.labels = torch.randint(0, flags["num_classes"], (batch,), device=device)
         i = self.chain.num_timesteps // 2
@@ -288,18 +307,15 @@ def bench_samplers(p: Pair, repeats: int, warmup: int) -> dict:
     """Seconds per guided sample (EluCD's score and additive schedule, vanilla) for each
     sampler and step count: NFE × one step through the sampler entry / batch. A
     DPM-Solver++ step is timed in its second-order form (with a previous data prediction)."""
-    from calguide.diffusion.samplers import build_sampler
-
     runs: dict[str, Callable[[], torch.Tensor]] = {}
     for name, counts in SAMPLER_GRID.items():
         for nfe in counts:
-            chain = GaussianDiffusion.from_config(learn_sigma=True, respacing=str(nfe))
+            chain, sampler = chain_of(p.diffusion, p.flags, str(nfe), name)
             module = SamplingModule(
                 p.unet, chain, sample_shape=p.shape, class_cond=bool(p.flags.get("class_cond")),
                 guidance=p.guidance("vanilla", p.classifier, schedule="elucd"), progress=False,
             ).to(p.device)  # fmt: skip
             call, guidance = module.model_fn(p.labels), module.bound_guidance(p.labels)
-            sampler = build_sampler(name)
             t = torch.full_like(p.t, nfe // 2)
             state = sampler.start(p.x)
             _, state = sampler.step(

@@ -71,15 +71,16 @@ MODELS = {
 
 def denoiser_heldout_mse(path: Path) -> dict[str, float]:
     """ε-MSE on the held-out digits at 10 fixed timesteps (seeded noise), per t and mean."""
+    from calguide import assembly
+    from calguide.config import DiffusionConfig
     from calguide.data import digits_split
-    from calguide.denoiser import load_denoiser
-    from calguide.diffusion import GaussianDiffusion
 
-    net, meta = load_denoiser(path)
-    flags = meta["flags"]
+    loaded = assembly.load_denoiser_file(path, None, f"denoiser {path}")
+    net, flags = loaded.net, loaded.flags
     heldout = digits_split(int(flags["image_size"]), 0.2, 0)["heldout"]
     images, labels = heldout.tensors
-    chain = GaussianDiffusion.from_config(learn_sigma=bool(flags.get("learn_sigma")))
+    # The base chain as a run builds it: the file's recorded diffusion settings over the defaults.
+    chain = assembly.chain(DiffusionConfig(), flags, loaded.diffusion, respaced=False)
     generator = torch.Generator().manual_seed(0)
     per_t = {}
     with torch.no_grad():

@@ -55,7 +55,7 @@ SAMPLERS = {
 
 
 def lab_part(seeds: int, work: Path) -> tuple[str, dict]:
-    from calguide.lab.job import run_lab
+    from calguide.jobs.lab import run_lab
 
     found: dict[str, dict[str, list[dict]]] = {}
     lab_samplers = {k: v for k, v in SAMPLERS.items() if k != "ddpm 100"}
@@ -115,7 +115,7 @@ def lab_part(seeds: int, work: Path) -> tuple[str, dict]:
 
 
 def digits_part(work: Path, samples: int) -> tuple[str, dict, dict]:
-    from calguide.sampling.job import run_sampling
+    from calguide.jobs.sample import run_sampling
 
     settings = Settings(block_size=20)
     table: dict[str, dict[str, dict]] = {}

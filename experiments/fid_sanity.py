@@ -19,8 +19,8 @@ from hydra import compose, initialize_config_dir
 from calguide.assembly import metrics_callback
 from calguide.config import conf_dir
 from calguide.data import digits_split
-from calguide.metrics.evaluate import evaluate_samples
 from calguide.metrics.reference import to_uint8_nhwc
+from calguide.modules.evaluate import evaluate_samples
 
 
 def main() -> None:

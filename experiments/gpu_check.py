@@ -94,7 +94,7 @@ def setting_module(pair, switches: dict[str, Any], chain):
     (channels_last converts nets in place; ADM's fp16 flag converts the UNet's torso)."""
     import copy
 
-    from calguide.sampling.module import SamplingModule
+    from calguide.modules.sampling import SamplingModule
 
     unet = copy.deepcopy(pair.unet)
     if switches.get("adm_fp16"):
@@ -338,10 +338,9 @@ def e2e_section(pair, samples: int, steps: int, fast: str) -> dict[str, Any]:
     """The same seeded samples, all ``steps`` respaced steps, in fp32 and in ``fast``."""
 
     import torch
+    from bench import chain_of
 
-    from calguide.diffusion import GaussianDiffusion
-
-    chain = GaussianDiffusion.from_config(learn_sigma=True, respacing=str(steps))
+    chain, _ = chain_of(pair.diffusion, pair.flags, str(steps))
     batch = {
         "indices": torch.arange(samples),
         "labels": torch.randint(0, int(pair.flags["num_classes"]), (samples,)),

@@ -43,7 +43,7 @@ METRICS = ("fid", "kid")
 
 
 def run_rows(seed: int, samples: int, work: Path, overrides: list[str]) -> list[Path]:
-    from calguide.sampling.job import run_sampling
+    from calguide.jobs.sample import run_sampling
 
     folders = []
     for name, row in ROWS.items():

@@ -38,7 +38,7 @@ FLAGS = dict(
 def make_networks(folder: Path) -> tuple[Path, Path]:
     import torch
 
-    from calguide.denoiser import DenoiserModule, export_denoiser
+    from calguide.modules.denoiser import DenoiserModule, export_denoiser
     from calguide.nets.classifiers import build_classifier, export_classifier
 
     folder.mkdir(parents=True, exist_ok=True)

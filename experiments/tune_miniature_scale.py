@@ -43,7 +43,7 @@ RULE = (
 
 
 def run_jobs(jobs: list[list[str]], out: Path, common: list[str]) -> None:
-    from calguide.sampling.job import run_sampling
+    from calguide.jobs.sample import run_sampling
 
     for i, job in enumerate(jobs):
         cfg = compose_job(

@@ -51,7 +51,7 @@ FAMILY = 6  # the miniature's largest family
 
 def pool(overrides: list[str], count: int, work: Path, name: str, args) -> Path:
     """One run of ``count`` samples of a configuration; its eval_features.npz."""
-    from calguide.sampling.job import run_sampling
+    from calguide.jobs.sample import run_sampling
 
     cfg = compose_job(
         "sample",

@@ -14,7 +14,8 @@ import calguide
 
 PACKAGE = Path(calguide.__file__).resolve().parent
 
-# (layer, name, module prefixes); a module belongs to the longest matching prefix.
+# (layer, name, module prefixes); a module belongs to the longest matching prefix. A folder sits in
+# one layer: every prefix below is a whole folder or a top-level module.
 LAYERS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     (0, "files and errors", ("calguide", "calguide.io", "calguide.errors", "calguide.bundled")),
     (
@@ -28,51 +29,15 @@ LAYERS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             "calguide.calibration",
             "calguide.metrics",
             "calguide.sampling",
-            "calguide.stats",
             "calguide.lab",
-            "calguide.training",
+            "calguide.stats",
         ),
     ),
-    (
-        2,
-        "Lightning modules and callbacks",
-        (
-            "calguide.denoiser",
-            "calguide.calibration.module",
-            "calguide.sampling.module",
-            "calguide.sampling.diagnostics",
-            "calguide.metrics.callback",
-            "calguide.metrics.evaluate",
-            "calguide.metrics.memory_probe",
-            "calguide.training.callbacks",
-        ),
-    ),
+    (2, "Lightning modules and callbacks", ("calguide.modules",)),
     (3, "schemas", ("calguide.config",)),
-    (4, "assembly", ("calguide.assembly", "calguide.plugins", "calguide.sampling.requirements")),
-    (
-        5,
-        "jobs",
-        (
-            "calguide.sampling.job",
-            "calguide.calibration.job",
-            "calguide.lab.job",
-            "calguide.training.job",
-            "calguide.evaluation",
-        ),
-    ),
-    (
-        6,
-        "commands",
-        (
-            "calguide.cli",
-            "calguide.train",
-            "calguide.calibrate",
-            "calguide.sample",
-            "calguide.evaluate",
-            "calguide.lab.cli",
-            "calguide.tools",
-        ),
-    ),
+    (4, "assembly", ("calguide.assembly", "calguide.plugins", "calguide.requirements")),
+    (5, "jobs", ("calguide.jobs",)),
+    (6, "commands", ("calguide.commands", "calguide.tools")),
 )
 CONFIG_LIBRARIES = ("hydra", "omegaconf")
 
@@ -133,6 +98,63 @@ def test_every_module_imports() -> None:
 
 def test_no_lower_layer_imports_a_higher_one() -> None:
     assert violations(module_files()) == []
+
+
+def folder_of(module: str) -> str:
+    """``calguide.x`` for a module inside the folder calguide/x/; the module itself at the top."""
+    return ".".join(module.split(".")[:2])
+
+
+def folder_layers(files: dict[str, Path]) -> dict[str, set[int]]:
+    layers: dict[str, set[int]] = {}
+    for module in files:
+        if module != "calguide":
+            layers.setdefault(folder_of(module), set()).add(layer_of(module)[0])
+    return layers
+
+
+def test_every_folder_sits_in_one_layer() -> None:
+    """The folder picture shows the layers: no folder holds modules of two of them."""
+    mixed = {f: sorted(ls) for f, ls in folder_layers(module_files()).items() if len(ls) > 1}
+    assert mixed == {}
+
+
+def test_folders_import_one_way() -> None:
+    """Between folders, every import goes to a lower layer or within the layer, and no two
+    folders import each other."""
+    files = module_files()
+    edges: dict[str, set[str]] = {}
+    for module, path in files.items():
+        for imported in imports_of(path, set(files)):
+            if imported in files and imported != "calguide":
+                a, b = folder_of(module), folder_of(imported)
+                if a != b and module != "calguide":
+                    edges.setdefault(a, set()).add(b)
+    upward = [
+        f"{a} -> {b}"
+        for a, targets in edges.items()
+        for b in targets
+        if layer_of(b)[0] > layer_of(a)[0]
+    ]
+    assert upward == []
+    mutual = sorted(
+        {tuple(sorted((a, b))) for a in edges for b in edges[a] if a in edges.get(b, ())}
+    )
+    assert mutual == []
+
+
+def test_a_folder_straddling_layers_fails_the_check(tmp_path) -> None:
+    """A layer-5 job left inside a layer-1 folder (the old sampling/job.py) is reported."""
+    files = dict(module_files())
+    files["calguide.sampling.job"] = PACKAGE / "jobs" / "sample.py"
+    global LAYERS
+    saved = LAYERS
+    LAYERS = (*LAYERS, (5, "jobs", ("calguide.sampling.job",)))
+    try:
+        layers = folder_layers(files)
+    finally:
+        LAYERS = saved
+    assert layers["calguide.sampling"] == {1, 5}
 
 
 def test_core_folders_import_one_way() -> None:

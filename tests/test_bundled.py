@@ -59,7 +59,7 @@ def test_digits_configs_use_the_bundled_files_unless_trained_ones_exist(compose_
 
 
 def test_every_bundled_model_loads() -> None:
-    from calguide.denoiser import load_denoiser
+    from calguide.modules.denoiser import load_denoiser
     from calguide.nets.classifiers import load_classifier
 
     for name in EXPECTED:
@@ -100,7 +100,7 @@ def test_one_flipped_byte_is_one_line_naming_the_file(copied_bundle, tmp_path, c
     # Through the console script: exit 2, the same single line.
     from test_faults import run_cli
 
-    from calguide.sample import main as sample_main
+    from calguide.commands.sample import main as sample_main
 
     code, err = run_cli(
         sample_main,

@@ -10,12 +10,12 @@ import pytest
 import torch
 from tiny import TINY_ADM_CLASSIFIER_FLAGS, tiny_denoiser_module
 
-from calguide.calibrate import main as calibrate_main
 from calguide.calibration.metrics import classification_metrics, fit_temperature, timestep_buckets
-from calguide.calibration.module import ClassifierModule
 from calguide.calibration.report import calibration_table, named_buckets
-from calguide.denoiser import export_denoiser
+from calguide.commands.calibrate import main as calibrate_main
 from calguide.diffusion import GaussianDiffusion
+from calguide.modules.classifier import ClassifierModule
+from calguide.modules.denoiser import export_denoiser
 from calguide.nets import resnet18
 from calguide.nets.classifiers import build_classifier, export_classifier, load_classifier
 

@@ -15,9 +15,9 @@ from calguide.calibration.losses import (
     huber_smooth_ece,
     huber_smooth_ece_from_logits,
 )
-from calguide.calibration.module import ClassifierModule
 from calguide.config import ConfigError, conf_dir, validate, validated
 from calguide.diffusion import GaussianDiffusion
+from calguide.modules.classifier import ClassifierModule
 from calguide.nets.classifiers import build_classifier
 
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from calguide.cli import check_group_overrides, config_groups, split_overrides
+from calguide.commands.cli import check_group_overrides, config_groups, split_overrides
 from calguide.config import ConfigError, conf_dir, validate, validated
 from calguide.nets import create_unet
 
@@ -105,7 +105,10 @@ def test_split_overrides_handles_flags():
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    code = "import sys; from calguide.train import main; sys.argv[0] = 'calguide-train'; main()"
+    code = (
+        "import sys; from calguide.commands.train import main; "
+        "sys.argv[0] = 'calguide-train'; main()"
+    )
     return subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120
     )
@@ -142,7 +145,11 @@ def test_cli_bad_override_is_one_clear_line(override, expected):
     ],
 )
 def test_old_names_get_one_line_naming_the_new_ones(override: str, expected: str):
-    script = "calguide.calibrate" if override.startswith("calibration") else "calguide.sample"
+    script = (
+        "calguide.commands.calibrate"
+        if override.startswith("calibration")
+        else "calguide.commands.sample"
+    )
     code = f"import sys; from {script} import main; sys.argv[0] = 'x'; main()"
     proc = subprocess.run(
         [sys.executable, "-c", code, override], capture_output=True, text=True, timeout=120

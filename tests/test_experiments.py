@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from calguide.assembly import run_group, run_tags
 from calguide.config import conf_dir, validate
-from calguide.sampling.requirements import check_required_files, required_files
+from calguide.requirements import check_required_files, required_files
 from calguide.tools import preflight
 
 EXPERIMENTS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))

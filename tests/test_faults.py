@@ -22,12 +22,12 @@ import pytest
 import torch
 from test_sampling import sample_overrides, tiny_classifier, tiny_denoiser
 
-from calguide.denoiser import export_denoiser
+from calguide.commands.evaluate import main as eval_main
+from calguide.commands.sample import main as sample_main
 from calguide.errors import RunStateError
-from calguide.evaluate import main as eval_main
 from calguide.io import folder_lock
+from calguide.modules.denoiser import export_denoiser
 from calguide.nets.classifiers import export_classifier
-from calguide.sample import main as sample_main
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from calguide.config import ConfigError, lab_run_guidance, validated
 from calguide.data.gmm import GaussianMixture, mixture_from_config
 from calguide.diffusion import GaussianDiffusion
+from calguide.jobs.lab import chains, run_lab, sample_run
 from calguide.lab.evaluate import (
     class_energy,
     energy_distance,
@@ -19,10 +20,9 @@ from calguide.lab.evaluate import (
     exact_reference,
     mode_coverage_tv,
 )
-from calguide.lab.job import chains, run_lab, sample_run
 from calguide.lab.plugins import ExactEpsModel, ExactPosterior
+from calguide.modules.sampling import SamplingModule
 from calguide.nets.classifiers import build_classifier
-from calguide.sampling.module import SamplingModule
 from calguide.sampling.noise import BatchNoise
 
 N = 10_000  # the sample size for the sampler checks

@@ -15,12 +15,12 @@ from torch.utils.data import DataLoader, Dataset
 from calguide.metrics import (
     ClassifierFeatureExtractor,
     FeatureStats,
-    GenerativeMetrics,
     fid_from_features,
     fid_from_stats,
     precision_recall,
 )
 from calguide.metrics.reference import reference_features
+from calguide.modules.metrics import GenerativeMetrics
 from calguide.nets import small_resnet
 
 SIZE, CLASSES = 8, 4
@@ -199,7 +199,7 @@ def _feed(cb: GenerativeMetrics, indices: torch.Tensor, batch: int) -> None:
 
 
 def test_ranks_with_padding_sampler_combine_to_single_process(extractor, reference):
-    from calguide.metrics.callback import combine_rank_states
+    from calguide.modules.metrics import combine_rank_states
 
     n, world = 47, 4  # 1 padded sample (index 0 repeated on the last rank)
     single = GenerativeMetrics(extractor, reference, classifier=extractor)
@@ -218,7 +218,7 @@ def test_ranks_with_padding_sampler_combine_to_single_process(extractor, referen
 
 
 def test_every_rank_generating_everything_is_an_error(extractor, reference):
-    from calguide.metrics.callback import combine_rank_states
+    from calguide.modules.metrics import combine_rank_states
 
     ranks = [GenerativeMetrics(extractor, reference, dedup_window=4) for _ in range(2)]
     for cb in ranks:
@@ -304,7 +304,7 @@ def test_real_process_group_gathers_on_rank_zero_and_broadcasts(extractor, refer
 
 
 def test_a_rank_without_samples_and_float16_storage(extractor, reference):
-    from calguide.metrics.callback import combine_rank_states
+    from calguide.modules.metrics import combine_rank_states
 
     idle = GenerativeMetrics(extractor, reference, pr_features_dtype="float16")
     busy = GenerativeMetrics(extractor, reference, pr_features_dtype="float16")
@@ -329,7 +329,8 @@ def test_state_is_freed_after_predict(extractor, reference, tmp_path):
 
 
 def test_builtin_entries_give_the_historical_names():
-    from calguide.metrics import BUILTIN_METRICS, METRIC_NAMES, metric_keys, metric_names
+    from calguide.metrics import BUILTIN_METRICS, metric_keys, metric_names
+    from calguide.modules.metrics import METRIC_NAMES
 
     assert BUILTIN_METRICS == ("fid", "precision_recall", "class_acc", "kid")
     assert metric_names()[:4] == BUILTIN_METRICS

@@ -56,9 +56,18 @@ def reduced_run(tmp_path: Path, *extra: str) -> dict:
     return numbers
 
 
-def test_reduced_make_run_reproduces_the_committed_numbers(tmp_path) -> None:
+def test_reduced_make_run_reproduces_the_committed_numbers(tmp_path, capsys) -> None:
     expected = json.loads(EXPECTED.read_text())
     got = reduced_run(tmp_path)
+    screen = capsys.readouterr()
+    # A quiet main job: its stage lines, tables, verdicts and paths; Lightning's banners and
+    # adverts, the jobs' per-run lines and progress bars are in the log file instead.
+    for noise in ("💡", "GPU available", "TPU available", "calguide: metrics", "it/s]"):
+        assert noise not in screen.out and noise not in screen.err, noise
+    for line in ("[1/4] estimate", "[4/4] table", "**What this run says", "log        :"):
+        assert line in screen.out, line
+    log = (tmp_path / "make-run" / "make-run.log").read_text()
+    assert "calguide: metrics" in log
     assert set(got) == set(expected["numbers"])
     for key, want in expected["numbers"].items():
         if key.startswith("verdict "):

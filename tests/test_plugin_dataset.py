@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from calguide.calibrate import main as calibrate_main
+from calguide.commands.calibrate import main as calibrate_main
 from calguide.config import validate
 from calguide.data import (
     DatasetRequest,

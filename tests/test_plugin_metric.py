@@ -25,9 +25,7 @@ from torch.utils.data import DataLoader
 
 from calguide.metrics import (
     BUILTIN_METRICS,
-    METRIC_NAMES,
     ClassifierFeatureExtractor,
-    GenerativeMetrics,
     Metric,
     MetricBatch,
     get_metric,
@@ -36,8 +34,13 @@ from calguide.metrics import (
     register_metric,
     unregister_metric,
 )
-from calguide.metrics.callback import combine_rank_states, combine_states
 from calguide.metrics.reference import reference_features
+from calguide.modules.metrics import (
+    METRIC_NAMES,
+    GenerativeMetrics,
+    combine_rank_states,
+    combine_states,
+)
 from calguide.nets import small_resnet
 
 TOY = "feature_norm"
@@ -323,8 +326,8 @@ def _evaluation_classifier(path: Path) -> Path:
 
 def test_plugin_metric_runs_in_the_eval_job(compose_config, tmp_path):
     """metrics.compute selects registry entries by name; plugins=[...] imports this module."""
+    from calguide.commands.evaluate import main as eval_main
     from calguide.config import ConfigError, validate
-    from calguide.evaluate import main as eval_main
     from calguide.nets.classifiers import load_classifier
     from calguide.plugins import import_plugins
 

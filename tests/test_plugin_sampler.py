@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import torch
 
+from calguide.commands.sample import main as sample_main
 from calguide.diffusion import GaussianDiffusion, Sampler, register_sampler, sample_loop
 from calguide.diffusion.gaussian import extract
 from calguide.diffusion.samplers import sampler_names, unregister_sampler
 from calguide.diffusion.sampling import StepOutput, check_sampler_supports, condition_score
-from calguide.sample import main as sample_main
 
 TOY_CONF = Path(__file__).resolve().parent / "conf"  # holds diffusion/toy_plms.yaml
 
@@ -89,7 +89,7 @@ def test_registered_sampler_runs_through_calguide_sample(compose_config, tmp_pat
     """The real sampling job: diffusion=toy_plms from the extra config folder, with guidance."""
     from test_sampling import tiny_denoiser, tiny_classifier  # noqa: I001 (the shared tiny nets)
 
-    from calguide.denoiser import export_denoiser
+    from calguide.modules.denoiser import export_denoiser
     from calguide.nets.classifiers import export_classifier
 
     denoiser = export_denoiser(tiny_denoiser(), tmp_path / "denoiser.pt")
@@ -128,7 +128,7 @@ def test_registered_sampler_through_the_console_script(tmp_path) -> None:
     """``plugins=[module]`` imports the entry before the config is checked."""
     from test_sampling import tiny_denoiser
 
-    from calguide.denoiser import export_denoiser
+    from calguide.modules.denoiser import export_denoiser
 
     denoiser = export_denoiser(tiny_denoiser(), tmp_path / "denoiser.pt")
     script = Path(sys.executable).with_name("calguide-sample")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from tiny import tiny_denoiser_module
 
-from calguide.denoiser import DenoiserModule, export_denoiser
+from calguide.commands.sample import main as sample_main
 from calguide.diffusion import GaussianDiffusion
 from calguide.guidance import (
     GuidanceClassifier,
@@ -21,10 +21,10 @@ from calguide.guidance import (
     build_strategy,
     make_guidance,
 )
+from calguide.modules.denoiser import DenoiserModule, export_denoiser
+from calguide.modules.sampling import SamplingModule
 from calguide.nets.classifiers import build_classifier, export_classifier
-from calguide.sample import main as sample_main
 from calguide.sampling.labels import LabelDataModule, chunk_ranges, sample_labels
-from calguide.sampling.module import SamplingModule
 from calguide.sampling.noise import PerSampleNoise, sample_seed
 from calguide.sampling.writer import diagnostics_arrays, merge_shards, save_npz
 
@@ -46,13 +46,17 @@ def tiny_classifier(seed: int = 0):
     ).eval()
 
 
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("sampling_artifacts")
+def export_tiny_pair(root: Path) -> dict[str, Path]:
+    """The tiny denoiser and classifier as calguide exports in ``root`` (what a run loads)."""
     denoiser = export_denoiser(tiny_denoiser(), root / "denoiser.pt")
     classifier = root / "classifier.pt"
     export_classifier(tiny_classifier(), classifier, temperature=1.0)
     return {"denoiser": denoiser, "classifier": classifier}
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> dict[str, Path]:
+    return export_tiny_pair(tmp_path_factory.mktemp("sampling_artifacts"))
 
 
 def module_for(strategy: str, scale: float = 2.0, **kwargs) -> SamplingModule:
@@ -285,8 +289,8 @@ def test_sample_job_writes_adm_npz_and_resumes(compose_config, artifacts, tmp_pa
 
 
 def test_default_out_dir_is_keyed_by_config(compose_config, artifacts, tmp_path):
-    from calguide.sampling.job import input_identity
-    from calguide.sampling.job import output_dir as output_dir_of
+    from calguide.jobs.sample import input_identity
+    from calguide.jobs.sample import output_dir as output_dir_of
 
     def output_dir(cfg, batch_dependent):
         return output_dir_of(cfg, batch_dependent, input_identity(cfg))
@@ -358,7 +362,7 @@ def test_two_process_ddp_equals_one_process(artifacts, tmp_path):
 
 
 def test_eval_entry_matches_the_sampling_metrics(compose_config, artifacts, tmp_path):
-    from calguide.evaluate import main as eval_main
+    from calguide.commands.evaluate import main as eval_main
 
     out = tmp_path / "run"
     metrics = domain_metrics(artifacts, tmp_path)

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOOLS = {
     "calguide-aggregate": "calguide.tools.aggregate:main",
     "calguide-preflight": "calguide.tools.preflight:main",
-    "calguide-calibration-report": "calguide.calibration.report:main",
+    "calguide-calibration-report": "calguide.tools.calibration_report:main",
 }
 
 

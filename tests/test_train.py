@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 from tiny import tiny_denoiser_module
 
-from calguide.denoiser import (
+from calguide.commands.train import main as train_main
+from calguide.modules.denoiser import (
     DenoiserModule,
     ema_decay_at,
     export_denoiser,
@@ -19,7 +20,6 @@ from calguide.denoiser import (
 )
 from calguide.nets import StateDictMismatchError, create_unet
 from calguide.sampling.grid import save_image_grid, tile, to_uint8
-from calguide.train import main as train_main
 
 TINY = [
     "data.image_size=8",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from calguide.denoiser import DenoiserModule
+from calguide.modules.denoiser import DenoiserModule
 
 TINY_UNET_FLAGS: dict[str, Any] = dict(
     image_size=8,

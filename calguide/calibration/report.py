@@ -68,22 +68,3 @@ def comparison_table(
                 f"| {method} | {label} ({bucket}) | " + " | ".join(cells) + f" | {len(results)} |"
             )
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """calguide-calibration-report calibration.json [...]: one comparison table."""
-    import argparse
-    import json
-    from pathlib import Path
-
-    parser = argparse.ArgumentParser(prog="calguide-calibration-report", description=main.__doc__)
-    parser.add_argument("files", nargs="+", type=Path)
-    args = parser.parse_args(argv)
-    missing = [str(f) for f in args.files if not f.is_file()]
-    if missing:
-        raise SystemExit(f"calguide: error: no calibration record at {', '.join(missing)}")
-    print(comparison_table([json.loads(f.read_text()) for f in args.files]))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,10 +1,11 @@
-"""Sample-quality metrics: FID, precision/recall, class accuracy; extractors; references.
+"""Sample-quality metrics: FID, precision/recall, class accuracy, KID; extractors; references.
 
-See :mod:`calguide.metrics.callback` for the contract with the sampling module and
-:mod:`calguide.metrics.registry` for adding a metric.
+:mod:`calguide.metrics.registry` holds the entries by name; the built-ins register here, where
+the package is assembled (the registry imports none of them). The Lightning callback that
+computes them during sampling is :mod:`calguide.modules.metrics`.
 
-The names below are imported on first use, so ``calguide.metrics.registry`` (e.g. for the list
-of metric names) can be imported without Lightning and the feature extractors.
+The other names below are imported on first use, so the registry (e.g. the list of metric
+names) loads without the feature extractors.
 """
 
 from __future__ import annotations
@@ -12,8 +13,16 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from calguide.metrics import registry as _registry
+from calguide.metrics.fid import FIDMetric as _FIDMetric
+from calguide.metrics.kid import KIDMetric as _KIDMetric
+from calguide.metrics.prdc import PrecisionRecallMetric as _PrecisionRecallMetric
+
+_registry.register_builtins(
+    (_FIDMetric, _PrecisionRecallMetric, _registry.ClassAccuracyMetric, _KIDMetric)
+)
+
 _SOURCES = {
-    "callback": ("METRIC_NAMES", "GenerativeMetrics"),
     "features": (
         "ClassifierFeatureExtractor",
         "FeatureExtractor",
@@ -22,6 +31,7 @@ _SOURCES = {
         "inception_weights_path",
     ),
     "fid": ("FIDMetric", "FeatureStats", "fid_from_features", "fid_from_stats"),
+    "kid": ("KIDMetric", "kid_replicates", "polynomial_kernel"),
     "prdc": ("PrecisionRecallMetric", "precision_recall"),
     "reference": (
         "cached_reference",

@@ -157,7 +157,7 @@ class PrecisionRecallMetric(Metric):
     needs no take-back: the subset holds each index once by construction.
 
     Args: see the same-named arguments of
-    :class:`~calguide.metrics.callback.GenerativeMetrics`.
+    :class:`~calguide.modules.metrics.GenerativeMetrics`.
     """
 
     name = "precision_recall"

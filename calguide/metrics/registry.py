@@ -1,4 +1,4 @@
-"""The metrics that :class:`~calguide.metrics.callback.GenerativeMetrics` computes, by name.
+"""The metrics that :class:`~calguide.modules.metrics.GenerativeMetrics` computes, by name.
 
 A metric is a :class:`Metric` subclass registered with :func:`register_metric`. It declares
 
@@ -202,7 +202,6 @@ class Metric(abc.ABC):
 
 # -- the registry ------------------------------------------------------------------------------
 _REGISTRY: dict[str, type[Metric]] = {}
-_builtins_loaded = False
 
 
 def _check_entry(name: str, cls: type[Metric]) -> None:
@@ -245,19 +244,14 @@ def _add(name: str, cls: type[Metric], overwrite: bool = False) -> None:
     _REGISTRY[name] = cls
 
 
-def _load_builtins() -> None:
-    global _builtins_loaded
-    if _builtins_loaded:
-        return
-    from calguide.metrics.fid import FIDMetric
-    from calguide.metrics.kid import KIDMetric
-    from calguide.metrics.prdc import PrecisionRecallMetric
-
-    classes = (FIDMetric, PrecisionRecallMetric, ClassAccuracyMetric, KIDMetric)
-    builtins = dict(zip(BUILTIN_METRICS, classes))
-    for name, cls in builtins.items():
-        _add(name, cls)
-    _builtins_loaded = True
+def register_builtins(classes: Sequence[type[Metric]]) -> None:
+    """Register the built-in entries, in :data:`BUILTIN_METRICS` order. The package does it
+    (``calguide/metrics/__init__.py``): this registry imports nothing that registers into it."""
+    if len(classes) != len(BUILTIN_METRICS):
+        raise ValueError(f"expected {len(BUILTIN_METRICS)} built-in metrics, got {len(classes)}")
+    for name, cls in zip(BUILTIN_METRICS, classes):
+        if _REGISTRY.get(name) is not cls:
+            _add(name, cls)
 
 
 @overload
@@ -277,7 +271,6 @@ def register_metric(
     """
 
     def _register(c: type[Metric]) -> type[Metric]:
-        _load_builtins()
         if name in BUILTIN_METRICS:
             raise ValueError(f"{name!r} is a built-in metric and cannot be replaced")
         _add(name, c, overwrite)
@@ -297,13 +290,11 @@ def unregister_metric(name: str) -> None:
 def metric_names() -> tuple[str, ...]:
     """Registered names: the built-ins (:data:`BUILTIN_METRICS`), then plugins in the order
     they were registered."""
-    _load_builtins()
     return tuple(_REGISTRY)
 
 
 def get_metric(name: str) -> type[Metric]:
     """The class registered as ``name``."""
-    _load_builtins()
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):

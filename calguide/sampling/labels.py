@@ -64,7 +64,7 @@ class ChunkDataset(Dataset):
 
 
 class LabelDataModule(L.LightningDataModule):
-    """Predict-time data for :class:`~calguide.sampling.module.SamplingModule`.
+    """Predict-time data for :class:`~calguide.modules.sampling.SamplingModule`.
 
     ``done`` returns the indices already written (the writer's shards); chunks fully inside it
     are skipped, which is what makes a rerun resume.

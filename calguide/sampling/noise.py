@@ -13,6 +13,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+NOISE_MODES = ("per_sample", "batch")
+"""``sampling.noise``: one generator per sample (a sample never depends on its batch) or per
+batch (faster for tiny samples, batch-dependent)."""
+
+PRECISIONS = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""``sampling.precision``: the autocast dtype of denoiser and classifier (CUDA only)."""
+
 
 def sample_seed(seed: int, index: int) -> int:
     """A well-mixed 63-bit seed for (run seed, sample index)."""

@@ -26,15 +26,19 @@ only prints the table again.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
 EXPERIMENT = "digits_miniature"  # the default of --experiment
+# The estimate times one guided step: measured runs took 0.9–1.3 × its prediction (README,
+# "Measured"), so it is printed as that range.
+ESTIMATE_RANGE = (0.9, 1.3)
 
 
 def compose_job(config_name: str, overrides: Sequence[str], output_dir: Path) -> DictConfig:
@@ -52,6 +56,54 @@ def compose_job(config_name: str, overrides: Sequence[str], output_dir: Path) ->
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
     return cfg
+
+
+# Lightning's and PyTorch's notes that say nothing about this run: into the log file, not onto
+# the screen (every other warning stays visible).
+ROUTINE_WARNINGS = (
+    "module(s) in eval mode",
+    "isinstance(treespec, LeafSpec)",
+    "Couldn't infer the batch indices",
+    "does not have many workers",
+    "sampler has shuffling enabled",
+    "`self.log()` but the `self.trainer` reference",
+    "You defined a `validation_step` but have no `val_dataloader`",
+)
+
+
+@contextlib.contextmanager
+def quiet(log: Path) -> Iterator[None]:
+    """The jobs' own output (Lightning's banners and adverts, calguide's per-run lines,
+    progress bars, routine warnings) goes to ``log``; the stage lines stay on the screen."""
+    import logging
+    import warnings
+
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a", buffering=1) as handle:
+        handler = logging.StreamHandler(handle)
+        names = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning")
+        saved = {}
+        for name in names:
+            logger = logging.getLogger(name)
+            saved[name] = (logger.handlers[:], logger.propagate)
+            logger.handlers = [handler]
+            logger.propagate = False
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            text = warnings.formatwarning(message, category, filename, lineno, line)
+            routine = any(key in str(message) for key in ROUTINE_WARNINGS)
+            (handle if routine else sys.__stderr__).write(text)
+
+        warnings.showwarning = show
+        try:
+            with contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
+                yield
+        finally:
+            warnings.showwarning = shown
+            for name, (handlers, propagate) in saved.items():
+                logger = logging.getLogger(name)
+                logger.handlers, logger.propagate = handlers, propagate
 
 
 class Progress:
@@ -150,7 +202,7 @@ def estimate(common: Sequence[str], jobs: list[list[str]], experiment: str) -> d
 def calibrate(common: Sequence[str], out: Path, experiment: str) -> dict[str, Path]:
     """The CE and Smooth-ECE fine-tunes, one per fine-tuning seed (reused when their exports
     exist): {"<loss> seed <k>": its calibration.json}."""
-    from calguide.calibration.job import run_calibration
+    from calguide.jobs.calibrate import run_calibration
 
     settings = experiment_settings(common, experiment)
     made = {}
@@ -158,13 +210,15 @@ def calibrate(common: Sequence[str], out: Path, experiment: str) -> dict[str, Pa
         for name in ("ce", "smece"):
             cfg = compose_job(
                 "calibrate",
-                [*settings["calibrate"], *common, f"calibration={name}", f"seed={seed}"],
+                [*settings["calibrate"], *common, f"calibration={name}", f"seed={seed}",
+                 "trainer.enable_progress_bar=false"],
                 out / "calibrate" / f"{name}-s{seed}",
             )  # fmt: skip
             output = Path(cfg.output)
             started = time.perf_counter()
             if not output.is_file():
-                run_calibration(cfg)
+                with quiet(out / "make-run.log"):
+                    run_calibration(cfg)
                 took = f"{time.perf_counter() - started:.0f} s"
             else:
                 took = "reused"
@@ -174,7 +228,7 @@ def calibrate(common: Sequence[str], out: Path, experiment: str) -> dict[str, Pa
 
 
 def sample(common: Sequence[str], jobs: list[list[str]], out: Path, experiment: str) -> None:
-    from calguide.sampling.job import run_sampling
+    from calguide.jobs.sample import run_sampling
 
     for i, job in enumerate(jobs):
         cfg = compose_job(
@@ -183,7 +237,8 @@ def sample(common: Sequence[str], jobs: list[list[str]], out: Path, experiment: 
             out / "sample" / str(i),
         )  # fmt: skip
         started = time.perf_counter()
-        record = run_sampling(cfg)
+        with quiet(out / "make-run.log"):
+            record = run_sampling(cfg)
         fid = (record.get("metrics") or {}).get("fid")
         print(
             f"      {i + 1:2d}/{len(jobs)} {' '.join(job)}: FID {fid:.2f} "
@@ -235,9 +290,10 @@ def report(
     if claims_file is not None:
         extra += ["--claims", str(claims_file)]
     folders = [str(out / "sample" / str(i)) for i in range(jobs)]
-    code = aggregate.main(
-        [*folders, "--out", str(out), "--title", "make run: the paper in miniature", *extra]
-    )
+    with quiet(out / "make-run.log"):
+        code = aggregate.main(
+            [*folders, "--out", str(out), "--title", "make run: the paper in miniature", *extra]
+        )
     if code != 0:
         raise SystemExit(code)
     curves = {}
@@ -292,13 +348,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     common = list(args.overrides)
     progress = Progress(4)
 
+    log = out / "make-run.log"
     since = progress.stage("estimate: timing one guided step on this machine")
     jobs = sweep_jobs(common, experiment)
-    guess = estimate(common, jobs, experiment)
+    with quiet(log):
+        guess = estimate(common, jobs, experiment)
+    low, high = ESTIMATE_RANGE
     print(
         f"      one guided step at batch {guess['batch']}: {guess['guided_step_s'] * 1e3:.0f} ms;"
-        f" expected: {guess['total_s'] / 60:.1f} min in all ({len(jobs)} sampling runs "
-        f"{guess['sampling_s']:.0f} s, calibration {guess['calibration_s']:.0f} s)",
+        f" expected: {low * guess['total_s'] / 60:.1f}–{high * guess['total_s'] / 60:.1f} min "
+        f"({len(jobs)} sampling runs ~{guess['sampling_s']:.0f} s, fine-tunes "
+        f"~{guess['calibration_s']:.0f} s); the jobs' own output goes to {log}",
         flush=True,
     )
     progress.finished(since)
@@ -322,8 +382,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress.finished(since)
     print()
     print(text)
-    print(f"report   : {out / 'report.md'}")
+    print(f"report     : {out / 'report.md'}")
+    print(f"table      : {out / 'table.md'} (and table.csv, runs.csv, claims.json)")
     print(f"diagnostics: {out / 'diagnostics.png'}")
+    print(f"grids      : {out / 'sample'}/<run>/sampling.json names each run's grid.png")
+    print(f"log        : {log}")
     return 0
 
 

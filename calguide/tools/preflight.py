@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from calguide.config import conf_dir
-from calguide.sampling.requirements import required_files
+from calguide.requirements import required_files
 
 
 def _compose(overrides: Sequence[str]) -> DictConfig:

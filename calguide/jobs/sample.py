@@ -27,10 +27,11 @@ from calguide.io import (
     folder_lock,
     log_image,
 )
-from calguide.metrics.callback import GenerativeMetrics
-from calguide.metrics.evaluate import evaluate_samples
 from calguide.metrics.per_sample import EVAL_FEATURES
 from calguide.metrics.reference import REFERENCE_SPLITS
+from calguide.modules.evaluate import evaluate_samples
+from calguide.modules.metrics import GenerativeMetrics
+from calguide.requirements import check_required_files
 from calguide.sampling.diagnostics import (
     plot_diagnostics,
     read_diagnostics_csv,
@@ -39,7 +40,6 @@ from calguide.sampling.diagnostics import (
 )
 from calguide.sampling.grid import save_image_grid
 from calguide.sampling.labels import LabelDataModule
-from calguide.sampling.requirements import check_required_files
 from calguide.sampling.writer import (
     ShardWriter,
     heal_shards,

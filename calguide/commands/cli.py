@@ -14,6 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from calguide.assembly import check_machine
 from calguide.config import ConfigError, conf_dir, renamed_hint, validate
 from calguide.errors import CalguideError
 from calguide.plugins import import_plugins
@@ -168,6 +169,7 @@ def hydra_main(config_name: str) -> Callable[[Callable[[DictConfig], object]], C
             try:
                 import_plugins(cfg)
                 validate(cfg)  # the pre-flight's result when it checked this same config
+                check_machine(cfg)  # what the machine lacks (a GPU), before anything loads
                 return task(cfg)
             except (CalguideError, FileNotFoundError) as err:
                 # One line for what the user can fix; anything else is a bug: its traceback.
@@ -186,7 +188,7 @@ def hydra_main(config_name: str) -> Callable[[Callable[[DictConfig], object]], C
                 try:
                     check_group_overrides(overrides, search_roots(overrides))
                     if not multirun and "--cfg" not in argv and "-c" not in argv:
-                        compose_checked(config_name, overrides)
+                        check_machine(compose_checked(config_name, overrides))
                 except ConfigError as err:
                     fail(str(err))
             runner = hydra.main(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from calguide.cli import hydra_main
-from calguide.lab.job import run_lab
+from calguide.commands.cli import hydra_main
+from calguide.jobs.lab import run_lab
 
 
 @hydra_main("lab")

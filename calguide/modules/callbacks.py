@@ -9,8 +9,8 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from calguide.denoiser import DenoiserModule, export_denoiser
 from calguide.io import log_image
+from calguide.modules.denoiser import DenoiserModule, export_denoiser
 from calguide.sampling.grid import save_image_grid
 
 

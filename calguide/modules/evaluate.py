@@ -13,8 +13,8 @@ import torch
 
 from calguide.errors import InputFileError
 from calguide.io import atomic_write_json
-from calguide.metrics.callback import GenerativeMetrics
 from calguide.metrics.reference import read_npy_header
+from calguide.modules.metrics import GenerativeMetrics
 
 
 def evaluate_samples(

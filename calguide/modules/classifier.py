@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from calguide.calibration.ece import smooth_ece_from_logits
+from calguide.calibration.inputs import INPUT_MODES
 from calguide.calibration.losses import (
     CALIBRATION_LOSSES,
     DEFAULT_BETA,
@@ -30,11 +31,9 @@ from calguide.calibration.losses import (
     huber_smooth_ece_from_logits,
 )
 from calguide.calibration.metrics import classification_metrics, timestep_buckets
-from calguide.denoiser import warmup_factor
 from calguide.diffusion import GaussianDiffusion
+from calguide.modules.denoiser import warmup_factor
 from calguide.nets.classifiers import Classifier
-
-INPUT_MODES = ("clean", "noisy", "x0")
 
 
 class ClassifierModule(L.LightningModule):

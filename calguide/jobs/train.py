@@ -11,8 +11,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from calguide import assembly
 from calguide.config import ConfigError, checked
-from calguide.denoiser import DenoiserModule
-from calguide.training.callbacks import DenoiserSampleGrid, ExportDenoiser
+from calguide.modules.callbacks import DenoiserSampleGrid, ExportDenoiser
+from calguide.modules.denoiser import DenoiserModule
 
 
 def run_training(cfg: DictConfig) -> None:

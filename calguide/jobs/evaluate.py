@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from calguide import assembly
 from calguide.config import ConfigError, checked
-from calguide.metrics.evaluate import evaluate_samples, npz_array_shape, read_samples
+from calguide.modules.evaluate import evaluate_samples, npz_array_shape, read_samples
 
 
 def run_evaluation(cfg: DictConfig) -> dict:

@@ -20,7 +20,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from calguide import assembly
 from calguide.calibration.metrics import classification_metrics
-from calguide.calibration.module import ClassifierModule
 from calguide.config import GuidanceConfig, checked, job_config
 from calguide.data.gmm import GaussianMixture, mixture_from_config
 from calguide.diffusion import GaussianDiffusion
@@ -29,9 +28,10 @@ from calguide.io import atomic_write_json, atomic_write_text
 from calguide.lab.evaluate import class_energy, evaluate_samples, exact_reference
 from calguide.lab.figure import plot_lab_samples
 from calguide.lab.plugins import ExactEpsModel, ExactPosterior
+from calguide.modules.classifier import ClassifierModule
+from calguide.modules.sampling import SamplingModule
 from calguide.nets.classifiers import build_classifier
 from calguide.sampling.diagnostics import plot_diagnostics
-from calguide.sampling.module import SamplingModule
 
 # Table columns: (key, header, format).
 COLUMNS = (

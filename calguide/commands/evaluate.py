@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from calguide.cli import hydra_main
-from calguide.evaluation.job import run_evaluation
+from calguide.commands.cli import hydra_main
+from calguide.jobs.evaluate import run_evaluation
 
 
 @hydra_main("eval")

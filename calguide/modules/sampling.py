@@ -24,10 +24,7 @@ from torch import Tensor, nn
 from calguide.diffusion import GaussianDiffusion, Sampler, StepOutput, build_sampler, sample_loop
 from calguide.guidance.hook import ClassifierGuidance
 from calguide.sampling.grid import to_uint8
-from calguide.sampling.noise import BatchNoise, PerSampleNoise
-
-PRECISIONS = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-NOISE_MODES = ("per_sample", "batch")
+from calguide.sampling.noise import NOISE_MODES, PRECISIONS, BatchNoise, PerSampleNoise
 
 
 class SamplingModule(L.LightningModule):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from calguide.calibration.job import run_calibration
-from calguide.cli import hydra_main
+from calguide.commands.cli import hydra_main
+from calguide.jobs.calibrate import run_calibration
 
 
 @hydra_main("calibrate")

@@ -14,11 +14,11 @@ from omegaconf import DictConfig, OmegaConf
 from calguide import assembly
 from calguide.calibration.ece import top_label_confidence
 from calguide.calibration.metrics import fit_temperature
-from calguide.calibration.module import ClassifierModule
 from calguide.calibration.reliability import save_reliability_diagram
 from calguide.calibration.report import calibration_table, named_buckets
 from calguide.config import checked
 from calguide.io import atomic_write_text, log_image
+from calguide.modules.classifier import ClassifierModule
 from calguide.nets.classifiers import export_classifier
 
 

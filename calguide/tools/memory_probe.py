@@ -1,9 +1,9 @@
 """Peak memory and time of the metrics path at ImageNet scale, on random features.
 
-``python -m calguide.metrics.memory_probe [--n 50000] [--ref 50000] [--dim 2048] ...``
+``python -m calguide.tools.memory_probe [--n 50000] [--ref 50000] [--dim 2048] ...``
 
 Streams ``n`` random ``dim``-d feature vectors, batch by batch, through
-:class:`~calguide.metrics.callback.GenerativeMetrics` (streaming :class:`FeatureStats`, the
+:class:`~calguide.modules.metrics.GenerativeMetrics` (streaming :class:`FeatureStats`, the
 kept precision/recall rows, the dedup tail), then computes FID and precision/recall (k=3)
 against ``ref`` random reference features, and prints the peak resident set size
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) and the wall time of each phase.
@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from calguide.metrics.callback import GenerativeMetrics
 from calguide.metrics.fid import FeatureStats
+from calguide.modules.metrics import GenerativeMetrics
 
 
 def _peak_mib() -> float:

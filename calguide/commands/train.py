@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from calguide.cli import hydra_main
-from calguide.training.job import run_training
+from calguide.commands.cli import hydra_main
+from calguide.jobs.train import run_training
 
 
 @hydra_main("train")

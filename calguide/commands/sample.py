@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from calguide.cli import hydra_main
-from calguide.sampling.job import run_sampling
+from calguide.commands.cli import hydra_main
+from calguide.jobs.sample import run_sampling
 
 
 @hydra_main("sample")

@@ -1,1 +1,0 @@
-"""The evaluation job (``calguide-eval``): metrics of an existing ``.npz`` of samples."""

@@ -1,1 +1,0 @@
-"""The denoiser training job (``calguide-train``) and its callbacks."""

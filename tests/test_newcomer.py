@@ -73,6 +73,7 @@ def test_wandb_modes_from_the_environment(artifacts, tmp_path, mode) -> None:
     done = run_sample(wandb_args(artifacts, tmp_path), env, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "calguide: W&B:" not in done.stdout and "Traceback" not in done.stderr
+    assert "💡 Tip" not in done.stderr + done.stdout  # Lightning's adverts are dropped
     runs = list((tmp_path / "logs").rglob("offline-run-*"))
     assert bool(runs) == (mode == "offline")
 

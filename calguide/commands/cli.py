@@ -7,6 +7,7 @@ and, for a single run, the composed config against the schemas.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -27,6 +28,9 @@ GROUP_HINTS = {
         "vanilla with score=elucd, e.g. row=elucd_resnet101)"
     ),
 }
+# Lightning's adverts for its paid services ("💡 Tip: … litlogger / litmodels"), printed by
+# every Trainer; the device banner and real warnings stay.
+LIGHTNING_ADVERT = "💡 Tip:"
 SWEEP_FUNCTIONS = ("choice(", "range(", "interval(", "glob(", "tag(", "sort(", "shuffle(")
 
 
@@ -161,11 +165,24 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
+class _DropAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(LIGHTNING_ADVERT)
+
+
+def drop_lightning_adverts() -> None:
+    """Filter the adverts out of the logger Lightning's ``rank_zero_info`` writes to."""
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropAdverts) for f in logger.filters):
+        logger.addFilter(_DropAdverts())
+
+
 def hydra_main(config_name: str) -> Callable[[Callable[[DictConfig], object]], Callable[[], None]]:
     """Decorator: turn ``task(cfg)`` into a console-script ``main()`` running under Hydra."""
 
     def decorate(task: Callable[[DictConfig], object]) -> Callable[[], None]:
         def checked_task(cfg: DictConfig) -> object:
+            drop_lightning_adverts()
             try:
                 import_plugins(cfg)
                 validate(cfg)  # the pre-flight's result when it checked this same config

@@ -61,6 +61,21 @@ def half_logsnr(alphas_cumprod: Tensor) -> Tensor:
     return 0.5 * (torch.log(a) - torch.log1p(-a))
 
 
+def _step_and_blend(
+    data: Tensor, previous: Tensor | None, lam_s: float, lam_t: float, lam_prev: float | None
+) -> tuple[float, Tensor]:
+    """(h = λ_t − λ_s, D): the 2M multistep blend of this step's and the previous step's data
+    predictions, D = (1 + 1/(2r))·x̂₀ − 1/(2r)·x̂₀_prev with r = (λ_s − λ_prev)/h, or x̂₀ alone
+    on the first step (first order)."""
+    h = lam_t - lam_s
+    if h <= 0.0:
+        raise ValueError(f"DPM-Solver++ steps must raise λ, got {lam_s} -> {lam_t}")
+    if previous is None or lam_prev is None:
+        return h, data
+    r = (lam_s - lam_prev) / h
+    return h, (1.0 + 0.5 / r) * data - (0.5 / r) * previous
+
+
 def dpmpp_update(
     x: Tensor,
     data: Tensor,
@@ -78,13 +93,7 @@ def dpmpp_update(
     final step to the data) returns ``data``."""
     if sigma_t == 0.0:
         return data
-    h = lam_t - lam_s
-    if h <= 0.0:
-        raise ValueError(f"DPM-Solver++ steps must raise λ, got {lam_s} -> {lam_t}")
-    d = data
-    if previous is not None and lam_prev is not None:
-        r = (lam_s - lam_prev) / h
-        d = (1.0 + 0.5 / r) * data - (0.5 / r) * previous
+    h, d = _step_and_blend(data, previous, lam_s, lam_t, lam_prev)
     return (sigma_t / sigma_s) * x - alpha_t * math.expm1(-h) * d
 
 
@@ -107,13 +116,7 @@ def dpmpp_sde_update(
     ``data``."""
     if sigma_t == 0.0:
         return data
-    h = lam_t - lam_s
-    if h <= 0.0:
-        raise ValueError(f"DPM-Solver++ steps must raise λ, got {lam_s} -> {lam_t}")
-    d = data
-    if previous is not None and lam_prev is not None:
-        r = (lam_s - lam_prev) / h
-        d = (1.0 + 0.5 / r) * data - (0.5 / r) * previous
+    h, d = _step_and_blend(data, previous, lam_s, lam_t, lam_prev)
     decay = math.exp(-h)
     return (
         (sigma_t / sigma_s * decay) * x

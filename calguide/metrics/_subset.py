@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import sys
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -211,3 +212,18 @@ def select_subset(
         keep = torch.sort(smallest_keys(index_keys(idx, seed), capacity)).values
         idx, feat = idx[keep], feat[keep]
     return idx, feat
+
+
+def combine_kept_rows(
+    states: list[Mapping[str, Tensor]], capacity: int | None, seed: int = 0
+) -> dict[str, Tensor]:
+    """{"indices", "features"}: the kept rows of all ranks' :class:`SampleBuffer` states, each
+    index once, by index (the same subset whatever the number of ranks)."""
+    with_rows = [s for s in states if s["indices"].numel()] or states[:1]
+    if len(with_rows) == 1:  # no copy of the (possibly 400 MB) feature block
+        idx, feat = with_rows[0]["indices"], with_rows[0]["features"]
+    else:
+        idx = torch.cat([s["indices"] for s in with_rows])
+        feat = torch.cat([s["features"] for s in with_rows])
+    idx, feat = select_subset(idx, feat, capacity, seed)
+    return {"indices": idx, "features": feat}

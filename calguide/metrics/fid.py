@@ -120,6 +120,22 @@ def _psd_sqrt(cov: Tensor) -> Tensor:
     return (vectors * values.clamp(min=0.0).sqrt()) @ vectors.T
 
 
+def _reference_about(
+    shift: Tensor, ref_mean: Tensor | np.ndarray, ref_cov: Tensor | np.ndarray
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(μ_r − shift, Σ_r^{1/2}, tr Σ_r) in float64 on ``shift``'s device: the reference in the
+    frame of features centred at ``shift`` (FID is shift-invariant when both move alike)."""
+    d = shift.shape[0]
+    mu_r = torch.as_tensor(ref_mean).to(shift.device, torch.float64) - shift
+    cov_r = torch.as_tensor(ref_cov).to(shift.device, torch.float64)
+    if mu_r.shape != (d,) or cov_r.shape != (d, d):
+        raise ValueError(
+            f"reference statistics of dim {tuple(mu_r.shape)}, {tuple(cov_r.shape)} do not match "
+            f"features of dim {d}"
+        )
+    return mu_r, _psd_sqrt(cov_r), torch.trace(cov_r)
+
+
 def fid_replicates(
     features: Tensor,
     weights: Tensor,
@@ -148,18 +164,11 @@ def fid_replicates(
     dev = torch.device(device) if device is not None else features.device
     f64 = torch.float64
     x = features.to(dev, f64)
-    x = x - x.mean(0)  # FID is shift-invariant once the reference mean is shifted alike
-    shift = features.to(dev, f64).mean(0)
-    mu_r = torch.as_tensor(ref_mean).to(dev, f64) - shift
-    cov_r = torch.as_tensor(ref_cov).to(dev, f64)
+    shift = x.mean(0)
+    x = x - shift
     n, d = x.shape
-    if mu_r.shape != (d,) or cov_r.shape != (d, d):
-        raise ValueError(
-            f"reference statistics of dim {tuple(mu_r.shape)}, {tuple(cov_r.shape)} do not match "
-            f"features of dim {d}"
-        )
-    y = x @ _psd_sqrt(cov_r)
-    tr_r = torch.trace(cov_r)
+    mu_r, root_r, tr_r = _reference_about(shift, ref_mean, ref_cov)
+    y = x @ root_r
     gram = y @ y.T if n <= d else None
     sq_norms = (x * x).sum(1)
     step = chunk or max(1, int(2e8 // (min(n, d) ** 2 + n * min(n, d) + 1)))
@@ -214,10 +223,7 @@ def fid_leave_one_out(
         rows = x[g == i]
         outers.append(rows.T @ rows)
     outer = torch.stack(outers)
-    mu_r = torch.as_tensor(ref_mean).to(dev, torch.float64) - shift
-    cov_r = torch.as_tensor(ref_cov).to(dev, torch.float64)
-    root_r = _psd_sqrt(cov_r)
-    tr_r = torch.trace(cov_r)
+    mu_r, root_r, tr_r = _reference_about(shift, ref_mean, ref_cov)
 
     def fid_of(n: Tensor, s1: Tensor, s2: Tensor) -> float:
         mean = s1 / n

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from calguide.metrics._subset import SampleBuffer, select_subset
+from calguide.metrics._subset import SampleBuffer, as_dtype, combine_kept_rows
 from calguide.metrics.registry import ComputeContext, Metric, MetricBatch, MetricOptions, field_of
 
 __all__ = ["KIDMetric", "kid", "kid_replicates", "polynomial_kernel"]
@@ -122,8 +122,6 @@ class KIDMetric(Metric):
         return cls(options.max_pr_samples, options.pr_features_dtype, options.seed)
 
     def new_state(self) -> SampleBuffer:
-        from calguide.metrics._subset import as_dtype
-
         return SampleBuffer(self.max_samples, as_dtype(self.features_dtype), self.seed)
 
     def update(self, state: SampleBuffer, batch: MetricBatch) -> None:
@@ -134,11 +132,7 @@ class KIDMetric(Metric):
         return state.state()
 
     def combine(self, states: list[Mapping[str, Tensor]]) -> dict[str, Tensor]:
-        with_rows = [s for s in states if s["indices"].numel()] or states[:1]
-        idx = torch.cat([s["indices"] for s in with_rows])
-        feat = torch.cat([s["features"] for s in with_rows])
-        idx, feat = select_subset(idx, feat, self.max_samples, self.seed)
-        return {"indices": idx, "features": feat}
+        return combine_kept_rows(states, self.max_samples, self.seed)
 
     def remove(self, combined: dict[str, Tensor], rows: Mapping[str, Tensor]) -> dict[str, Tensor]:
         return combined  # combine() keeps each index once

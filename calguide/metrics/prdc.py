@@ -24,7 +24,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from calguide.metrics._subset import SampleBuffer, as_dtype, release_free_heap, select_subset
+from calguide.metrics._subset import (
+    SampleBuffer,
+    as_dtype,
+    combine_kept_rows,
+    release_free_heap,
+    select_subset,
+)
 from calguide.metrics.registry import (
     ComputeContext,
     Metric,
@@ -205,14 +211,7 @@ class PrecisionRecallMetric(Metric):
 
     def combine(self, states: list[Mapping[str, Tensor]]) -> dict[str, Tensor]:
         """{"indices", "features"}: the kept rows of all ranks, each index once, by index."""
-        with_rows = [s for s in states if s["indices"].numel()] or states[:1]
-        if len(with_rows) == 1:  # no copy of the (possibly 400 MB) feature block
-            idx, feat = with_rows[0]["indices"], with_rows[0]["features"]
-        else:
-            idx = torch.cat([s["indices"] for s in with_rows])
-            feat = torch.cat([s["features"] for s in with_rows])
-        idx, feat = select_subset(idx, feat, self.max_pr_samples, self.seed)
-        return {"indices": idx, "features": feat}
+        return combine_kept_rows(states, self.max_pr_samples, self.seed)
 
     def remove(self, combined: dict[str, Tensor], rows: Mapping[str, Tensor]) -> dict[str, Tensor]:
         return combined  # combine() already kept each index once

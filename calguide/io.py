@@ -55,6 +55,17 @@ def atomic_write_json(data: Any, path: str | os.PathLike) -> Path:
     return atomic_write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", path)
 
 
+def atomic_write_report(out_dir: str | os.PathLike, stem: str, data: Any, text: str) -> None:
+    """An experiment's record: ``<stem>.json`` (``data``, keys in their order) and
+    ``<stem>.md`` (``text``) in ``out_dir``, each written atomically."""
+    import json
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json.dumps(data, indent=2) + "\n", out / f"{stem}.json")
+    atomic_write_text(text, out / f"{stem}.md")
+
+
 def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

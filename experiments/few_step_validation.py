@@ -20,13 +20,12 @@ against NFE per strategy with DDPM's bands.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from calguide.io import atomic_path, atomic_write_text
+from calguide.io import atomic_path, atomic_write_report
 from calguide.tools import aggregate
 from calguide.tools.claims import Settings, row_interval
 from calguide.tools.miniature import compose_job
@@ -211,16 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     if args.part in ("lab", "all"):
         text, summary = lab_part(args.lab_seeds, work)
-        atomic_write_text(text, args.out / "lab.md")
-        atomic_write_text(json.dumps(summary, indent=2) + "\n", args.out / "lab.json")
+        atomic_write_report(args.out, "lab", summary, text)
         print(text)
     if args.part in ("digits", "all"):
         text, table, timings = digits_part(work, args.samples)
-        atomic_write_text(text, args.out / "digits.md")
-        atomic_write_text(
-            json.dumps({"table": table, "seconds": timings}, indent=2) + "\n",
-            args.out / "digits.json",
-        )
+        atomic_write_report(args.out, "digits", {"table": table, "seconds": timings}, text)
         figure(table, args.out / "fid_vs_nfe.png")
         print(text)
     print(f"few-step validation: {(time.perf_counter() - started) / 60:.1f} min")

@@ -15,7 +15,6 @@ the across-seed mean. Writes ``interval_coverage.{json,md}`` and seed 0's ``tabl
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from calguide.io import atomic_write_text
+from calguide.io import atomic_write_report, atomic_write_text
 from calguide.tools import aggregate
 from calguide.tools.claims import Settings, judge, paired_bootstrap, paired_runs, row_interval
 from calguide.tools.miniature import compose_job
@@ -140,13 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     for key, both in claims_out.items():
         for method, s in both.items():
             lines.append(_line(f"{key} ({method})", s))
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(
-        json.dumps({"rows": rows_out, "claims": claims_out}, indent=2) + "\n",
-        args.out / "interval_coverage.json",
-    )
     text = "\n".join(lines) + "\n"
-    atomic_write_text(text, args.out / "interval_coverage.md")
+    record = {"rows": rows_out, "claims": claims_out}
+    atomic_write_report(args.out, "interval_coverage", record, text)
     print(text)
     return 0
 

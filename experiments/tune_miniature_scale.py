@@ -25,12 +25,11 @@ from it by hand (a test checks that they agree).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-from calguide.io import atomic_write_text
+from calguide.io import atomic_write_report
 from calguide.tools import aggregate
 from calguide.tools.claims import Settings, judge
 from calguide.tools.miniature import compose_job, experiment_settings
@@ -142,10 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(
             f"- {den}: " + (f"scale {chosen:g}" if chosen is not None else "no scale helps")
         )
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(json.dumps(result, indent=2) + "\n", args.out / "miniature_scales.json")
     text = "\n".join(lines) + "\n"
-    atomic_write_text(text, args.out / "miniature_scales.md")
+    atomic_write_report(args.out, "miniature_scales", result, text)
     print(text)
     return 0
 

@@ -26,7 +26,6 @@ would otherwise take hours); the README says so. Writes ``verdict_calibration.{j
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -34,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from calguide.io import atomic_write_text
+from calguide.io import atomic_write_report
 from calguide.metrics.per_sample import leave_one_out, read_eval_features
 from calguide.metrics.reference import load_reference_file
 from calguide.stats import critical_value, jackknife_interval, per_claim_level, verdict_of
@@ -166,10 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{100 * rate:.1f}% ± {100 * se:.1f} | "
             f"{100 * e['decisive_family'] / e['repeats']:.1f}% |"
         )
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(json.dumps(results, indent=2) + "\n", args.out / "verdict_calibration.json")
     text = "\n".join(lines) + "\n"
-    atomic_write_text(text, args.out / "verdict_calibration.md")
+    atomic_write_report(args.out, "verdict_calibration", results, text)
     print(text)
     return 0
 

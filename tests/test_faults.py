@@ -25,7 +25,7 @@ from test_sampling import sample_overrides, tiny_classifier, tiny_denoiser
 from calguide.commands.evaluate import main as eval_main
 from calguide.commands.sample import main as sample_main
 from calguide.errors import RunStateError
-from calguide.io import folder_lock
+from calguide.io import atomic_write_report, folder_lock
 from calguide.modules.denoiser import export_denoiser
 from calguide.nets.classifiers import export_classifier
 
@@ -492,3 +492,20 @@ def test_two_processes_on_one_run_folder(files, tmp_path):
         [np.load(p)["indices"] for p in sorted((out / "shards").glob("*.npz"))]
     )
     assert sorted(indices.tolist()) == list(range(48))  # no index missing or twice
+
+
+def test_an_experiment_record_is_both_files_in_key_order(tmp_path, monkeypatch) -> None:
+    out = tmp_path / "new" / "folder"
+    atomic_write_report(out, "coverage", {"z": 1, "a": [0.5, 2]}, "| a | z |\n")
+    assert sorted(p.name for p in out.iterdir()) == ["coverage.json", "coverage.md"]
+    assert list(json.loads((out / "coverage.json").read_text())) == ["z", "a"]
+    assert (out / "coverage.md").read_text() == "| a | z |\n"
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(OSError):
+        atomic_write_report(out, "coverage", {"z": 2}, "new\n")
+    assert json.loads((out / "coverage.json").read_text()) == {"z": 1, "a": [0.5, 2]}
+    assert sorted(p.name for p in out.iterdir()) == ["coverage.json", "coverage.md"]

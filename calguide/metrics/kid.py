@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from calguide.metrics._subset import SampleBuffer, as_dtype, combine_kept_rows
-from calguide.metrics.registry import ComputeContext, Metric, MetricBatch, MetricOptions, field_of
+from calguide.metrics._subset import as_dtype
+from calguide.metrics.registry import ComputeContext, FeatureRowsMetric, MetricOptions, field_of
 
 __all__ = ["KIDMetric", "kid", "kid_replicates", "polynomial_kernel"]
 
@@ -96,7 +96,7 @@ def kid_replicates(fake: Tensor, weights: Tensor, real: Tensor) -> Tensor:
     return pairs / (total * (total - 1)) + real_term - 2.0 * (w @ cross) / (total * real.shape[0])
 
 
-class KIDMetric(Metric):
+class KIDMetric(FeatureRowsMetric):
     """Registry entry ``kid``: ``kid`` (and ``kid_std`` over subsets, None on whole sets).
 
     Keeps at most ``max_pr_samples`` generated rows per rank (the same bounded, index-chosen
@@ -105,7 +105,6 @@ class KIDMetric(Metric):
     name = "kid"
     keys = ("kid",)
     extra_keys = ("kid_std",)
-    inputs = frozenset({"features"})
 
     def __init__(
         self,
@@ -113,29 +112,13 @@ class KIDMetric(Metric):
         features_dtype: torch.dtype | str = torch.float16,
         seed: int = 0,
     ) -> None:
-        self.max_samples = max_samples
-        self.features_dtype = features_dtype
+        self.rows_capacity = max_samples
+        self.rows_dtype = as_dtype(features_dtype)
         self.seed = seed
 
     @classmethod
     def from_options(cls, options: MetricOptions) -> KIDMetric:
         return cls(options.max_pr_samples, options.pr_features_dtype, options.seed)
-
-    def new_state(self) -> SampleBuffer:
-        return SampleBuffer(self.max_samples, as_dtype(self.features_dtype), self.seed)
-
-    def update(self, state: SampleBuffer, batch: MetricBatch) -> None:
-        assert batch.features is not None
-        state.add(batch.indices, batch.features)
-
-    def state_dict(self, state: SampleBuffer) -> dict[str, Tensor]:
-        return state.state()
-
-    def combine(self, states: list[Mapping[str, Tensor]]) -> dict[str, Tensor]:
-        return combine_kept_rows(states, self.max_samples, self.seed)
-
-    def remove(self, combined: dict[str, Tensor], rows: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        return combined  # combine() keeps each index once
 
     def compute(self, combined: Mapping[str, Tensor], ctx: ComputeContext) -> dict[str, Any]:
         real = field_of(ctx.reference, "features")

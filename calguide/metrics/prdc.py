@@ -24,20 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from calguide.metrics._subset import (
-    SampleBuffer,
-    as_dtype,
-    combine_kept_rows,
-    release_free_heap,
-    select_subset,
-)
-from calguide.metrics.registry import (
-    ComputeContext,
-    Metric,
-    MetricBatch,
-    MetricOptions,
-    field_of,
-)
+from calguide.metrics._subset import as_dtype, release_free_heap, select_subset
+from calguide.metrics.registry import ComputeContext, FeatureRowsMetric, MetricOptions, field_of
 
 __all__ = [
     "PrecisionRecallMetric",
@@ -153,7 +141,7 @@ def precision_recall(
     return float(precision), float(recall)
 
 
-class PrecisionRecallMetric(Metric):
+class PrecisionRecallMetric(FeatureRowsMetric):
     """Registry entry ``precision_recall``: ``precision``, ``recall`` and ``num_pr_samples``.
 
     Per rank a :class:`~calguide.metrics._subset.SampleBuffer` keeps the feature rows of at most
@@ -169,7 +157,6 @@ class PrecisionRecallMetric(Metric):
     name = "precision_recall"
     keys = ("precision", "recall")
     extra_keys = ("num_pr_samples",)
-    inputs = frozenset({"features"})
 
     def __init__(
         self,
@@ -184,8 +171,8 @@ class PrecisionRecallMetric(Metric):
         if max_pr_samples is not None and max_pr_samples <= k:
             raise ValueError(f"max_pr_samples must exceed k={k}, got {max_pr_samples}")
         self.k = k
-        self.max_pr_samples = max_pr_samples
-        self.pr_features_dtype = as_dtype(pr_features_dtype)
+        self.rows_capacity = max_pr_samples
+        self.rows_dtype = as_dtype(pr_features_dtype)
         self.pr_batch_size = pr_batch_size
         self.seed = seed
 
@@ -199,23 +186,6 @@ class PrecisionRecallMetric(Metric):
             seed=options.seed,
         )
 
-    def new_state(self) -> SampleBuffer:
-        return SampleBuffer(self.max_pr_samples, self.pr_features_dtype, self.seed)
-
-    def update(self, state: SampleBuffer, batch: MetricBatch) -> None:
-        assert batch.features is not None
-        state.add(batch.indices, batch.features)
-
-    def state_dict(self, state: SampleBuffer) -> dict[str, Tensor]:
-        return state.state()
-
-    def combine(self, states: list[Mapping[str, Tensor]]) -> dict[str, Tensor]:
-        """{"indices", "features"}: the kept rows of all ranks, each index once, by index."""
-        return combine_kept_rows(states, self.max_pr_samples, self.seed)
-
-    def remove(self, combined: dict[str, Tensor], rows: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        return combined  # combine() already kept each index once
-
     def compute(self, combined: Mapping[str, Tensor], ctx: ComputeContext) -> dict[str, Any]:
         precision = recall = None
         ref_feats = field_of(ctx.reference, "features")
@@ -223,9 +193,9 @@ class PrecisionRecallMetric(Metric):
         if ref_feats is not None and fake.shape[0] > self.k:
             release_free_heap()  # before the large distance blocks
             ref_feats = torch.as_tensor(ref_feats)
-            if self.max_pr_samples is not None and ref_feats.shape[0] > self.max_pr_samples:
+            if self.rows_capacity is not None and ref_feats.shape[0] > self.rows_capacity:
                 _, ref_feats = select_subset(
-                    torch.arange(ref_feats.shape[0]), ref_feats, self.max_pr_samples, self.seed
+                    torch.arange(ref_feats.shape[0]), ref_feats, self.rows_capacity, self.seed
                 )
             precision, recall = precision_recall(
                 ref_feats, fake, self.k, batch_size=self.pr_batch_size, device=ctx.device

@@ -42,12 +42,15 @@ from typing import Any, ClassVar, overload
 import torch
 from torch import Tensor
 
+from calguide.metrics._subset import SampleBuffer, combine_kept_rows
+
 __all__ = [
     "BUILTIN_METRICS",
     "INPUTS",
     "RESERVED_KEYS",
     "ClassAccuracyMetric",
     "ComputeContext",
+    "FeatureRowsMetric",
     "Metric",
     "MetricBatch",
     "MetricOptions",
@@ -198,6 +201,36 @@ class Metric(abc.ABC):
             f"metric {self.name!r} cannot take back a sample generated on several ranks: "
             "implement sample_rows() and remove()"
         )
+
+
+class FeatureRowsMetric(Metric):
+    """A metric of the generated feature rows themselves (precision/recall, KID), not of their
+    moments: per rank a :class:`~calguide.metrics._subset.SampleBuffer` keeps the rows of at
+    most ``rows_capacity`` samples chosen by index, so the combined subset is the same whatever
+    the number of ranks or the batch order. Subclasses set ``rows_capacity``, ``rows_dtype``
+    and ``seed`` and implement :meth:`compute` on ``combined["features"]``."""
+
+    inputs = frozenset({"features"})
+    rows_capacity: int | None
+    rows_dtype: torch.dtype
+    seed: int
+
+    def new_state(self) -> SampleBuffer:
+        return SampleBuffer(self.rows_capacity, self.rows_dtype, self.seed)
+
+    def update(self, state: SampleBuffer, batch: MetricBatch) -> None:
+        assert batch.features is not None
+        state.add(batch.indices, batch.features)
+
+    def state_dict(self, state: SampleBuffer) -> dict[str, Tensor]:
+        return state.state()
+
+    def combine(self, states: list[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+        """{"indices", "features"}: the kept rows of all ranks, each index once, by index."""
+        return combine_kept_rows(states, self.rows_capacity, self.seed)
+
+    def remove(self, combined: dict[str, Tensor], rows: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return combined  # combine() already kept each index once
 
 
 # -- the registry ------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from calguide.metrics.reference import (
     iter_adm_reference_batch,
     reference_features,
 )
+from calguide.modules.classifier import ClassifierModule
 from calguide.modules.denoiser import load_denoiser
 from calguide.modules.metrics import GenerativeMetrics
 from calguide.modules.sampling import SamplingModule
@@ -212,6 +213,42 @@ def guidance_with(
     ones); ``guidance.temperature`` multiplies the classifier's own τ_c."""
     wrapped.temperature = float(wrapped.temperature) * float(spec.temperature)
     return make_guidance(wrapped, spec.strategy_impl, spec.schedule_impl, num_timesteps)
+
+
+def calibration_module(
+    cfg: DictConfig,
+    classifier: Classifier,
+    diffusion: GaussianDiffusion,
+    denoiser: Denoiser | None,
+    temperature: float,
+) -> ClassifierModule:
+    """The calibration fine-tune of ``classifier`` (``calguide-calibrate``): its inputs
+    (``inputs.*``, x̂₀ through ``denoiser`` when given), loss (``calibration.*``), optimiser
+    and held-out evaluation."""
+    calibration = checked(cfg).calibration
+    return ClassifierModule(
+        classifier,
+        diffusion,
+        mode=cfg.inputs.mode,
+        t_min=cfg.inputs.t_min,
+        t_max=min(cfg.inputs.t_max, diffusion.num_timesteps - 1),
+        loss=calibration.loss,
+        weight=calibration.weight,
+        form=calibration.form,
+        beta=calibration.beta,
+        bins=calibration.bins,
+        sigma=calibration.sigma,
+        sigma_min=calibration.sigma_min,
+        lr=cfg.optim.lr,
+        weight_decay=cfg.optim.weight_decay,
+        warmup_steps=cfg.optim.warmup_steps,
+        buckets=cfg.evaluation.buckets,
+        n_bins=cfg.evaluation.n_bins,
+        denoiser=denoiser.net if denoiser else None,
+        denoiser_class_cond=denoiser.class_cond if denoiser else False,
+        eval_seed=cfg.evaluation.seed,
+        temperature=temperature,
+    )
 
 
 # ------------------------------------------------------------------------------ sampling

@@ -76,30 +76,8 @@ def run_calibration(cfg: DictConfig) -> dict[str, Any]:
         denoiser.diffusion if denoiser else None,
         respaced=False,
     )
-    calibration = run.calibration
-    module = ClassifierModule(
-        classifier,
-        diffusion,
-        mode=cfg.inputs.mode,
-        t_min=cfg.inputs.t_min,
-        t_max=min(cfg.inputs.t_max, diffusion.num_timesteps - 1),
-        loss=calibration.loss,
-        weight=calibration.weight,
-        form=calibration.form,
-        beta=calibration.beta,
-        bins=calibration.bins,
-        sigma=calibration.sigma,
-        sigma_min=calibration.sigma_min,
-        lr=cfg.optim.lr,
-        weight_decay=cfg.optim.weight_decay,
-        warmup_steps=cfg.optim.warmup_steps,
-        buckets=cfg.evaluation.buckets,
-        n_bins=cfg.evaluation.n_bins,
-        denoiser=denoiser.net if denoiser else None,
-        denoiser_class_cond=denoiser.class_cond if denoiser else False,
-        eval_seed=cfg.evaluation.seed,
-        temperature=float(init_meta.get("temperature", 1.0)),
-    )
+    temperature = float(init_meta.get("temperature", 1.0))
+    module = assembly.calibration_module(cfg, classifier, diffusion, denoiser, temperature)
     datamodule = assembly.datamodule(run.data, cfg.seed)
     trainer: L.Trainer = assembly.trainer(
         cfg, callbacks=[ModelCheckpoint(dirpath=out_dir, save_last=True, save_top_k=0)]

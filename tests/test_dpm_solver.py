@@ -210,6 +210,27 @@ def test_weight_reproduces_the_reference_ddpm_shift() -> None:
         assert float(w.reshape(-1)[0]) * float(beta) == pytest.approx(float(beta) + a, rel=1e-6)
 
 
+@pytest.mark.parametrize("variance", ["fixed_large", "fixed_small"])
+def test_weight_uses_the_reference_chains_own_variance_down_to_its_last_step(variance) -> None:
+    """Σ behind w is the reference DDPM chain's own model_log_variance, interpolated in t
+    between its steps, down to its last one (where ADM's fixed large takes the posterior
+    variance, not β₀): base step 2 lies halfway between the 250-step chain's steps 0 and 1."""
+    base = chain("1000")
+    solver_chain = GaussianDiffusion(base.betas, variance=variance)
+    ref = GaussianDiffusion.from_config(steps=1000, schedule="linear", respacing="250")
+    ref = GaussianDiffusion(ref.betas, variance=variance)
+    x = torch.zeros(1, 1, 2, 2, dtype=torch.float64)
+    step_log_var = [float(ref.model_log_variance(None, x, torch.tensor([i])).reshape(-1)[0])
+                    for i in (0, 1)]  # fmt: skip
+    sigma = math.exp(0.5 * (step_log_var[0] + step_log_var[1]))
+    sampler = DPMpp2M(reference_steps=250)
+    w, _ = sampler.guidance_weight(
+        solver_chain, _Additive(), None, x, torch.tensor([2]), torch.ones_like(x)
+    )
+    a = math.sin(math.pi * 0.5 / 250) * 1.0 * 0.3  # Σ_max held at 1, above every Σ
+    assert float(w.reshape(-1)[0]) == pytest.approx(1.0 + a / sigma, rel=1e-9)
+
+
 def test_the_solver_accepts_elucds_schedule_that_ddim_refuses() -> None:
     from calguide.diffusion.samplers import DDIM
 

@@ -106,6 +106,11 @@ class GaussianDiffusion:
         else:
             clipped = betas.clone()
         self.posterior_log_variance_clipped = clipped.log()
+        # ADM's "fixed large" variance: β_t, with the posterior variance at t=0 (a sane last step).
+        large = betas
+        if self.num_timesteps > 1:
+            large = torch.cat([self.posterior_variance[1:2], betas[1:]])
+        self.log_variance_fixed_large = large.log()
         self.posterior_mean_coef1 = (
             betas * self.alphas_cumprod_prev.sqrt() / (1.0 - self.alphas_cumprod)
         )
@@ -216,9 +221,7 @@ class GaussianDiffusion:
         if self.variance == "fixed_small":
             log_var = extract(self.posterior_log_variance_clipped, t, x_t)
         else:
-            # ADM's "fixed large": β_t, with the posterior variance at t=0 for a sane last step.
-            large = torch.cat([self.posterior_variance[1:2], self.betas[1:]]).log()
-            log_var = extract(large, t, x_t)
+            log_var = extract(self.log_variance_fixed_large, t, x_t)
         return log_var.expand_as(x_t)
 
     def p_mean_variance(

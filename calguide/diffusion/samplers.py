@@ -194,6 +194,7 @@ class _Reference:
 
     log_beta: Tensor  # [T] log β of the reference chain at each base timestep
     log_beta_tilde: Tensor  # [T] log β̃ (clipped) of the reference chain
+    log_fixed_large: Tensor  # [T] log of ADM's fixed-large variance of the reference chain
     index: Tensor  # [T] the reference chain's (fractional) step index at each base timestep
     steps: int
 
@@ -243,6 +244,7 @@ class DPMpp2M(Sampler):
             self._references[key] = _Reference(
                 _interp(grid, ref_t, ref.betas.log()),
                 _interp(grid, ref_t, ref.posterior_log_variance_clipped),
+                _interp(grid, ref_t, ref.log_variance_fixed_large),
                 _interp(grid, ref_t, torch.arange(len(kept), dtype=torch.float64)),
                 len(kept),
             )
@@ -270,8 +272,9 @@ class DPMpp2M(Sampler):
             log_var = frac * log_beta.reshape(shape) + (1.0 - frac) * log_tilde.reshape(shape)
         elif diffusion.variance == "fixed_small":
             log_var = log_tilde.reshape(shape).expand_as(x_t)
-        else:
-            log_var = log_beta.reshape(shape).expand_as(x_t)
+        else:  # the reference chain's model_log_variance, as its DDPM steps use it
+            log_large = ref.log_fixed_large[pos].to(x_t.device, x_t.dtype)
+            log_var = log_large.reshape(shape).expand_as(x_t)
         variance = log_var.exp()
         current = step_variance(variance)
         running = current if variance_max is None else torch.maximum(variance_max, current)

@@ -283,3 +283,34 @@ def test_sde_variant_agrees_with_diffusers_on_the_same_noise(respacing: str) -> 
         noise = noises[diffusion.num_timesteps - 1 - k]
         x = scheduler.step(eps, t, x, variance_noise=noise).prev_sample
     assert (ours - x).abs().max().item() < 5e-5 * max(1.0, x.abs().max().item())
+
+
+@pytest.mark.parametrize(
+    ("sampler", "draws"),
+    [("dpmpp_2m", 0), ("dpmpp_2m_sde", 6), (build_sampler("ddim", eta=0.0), 0),
+     (build_sampler("ddim", eta=0.5), 6), ("ddpm", 6)],
+)  # fmt: skip
+def test_step_noise_is_drawn_only_by_steps_that_read_it(sampler, draws) -> None:
+    """A deterministic step (the ODE, DDIM at η = 0) draws no random numbers per step; the
+    sample is the one the same chain gives with drawn noise (it never reads it)."""
+    diffusion = chain("6")
+    x_T = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    calls = []
+
+    def noise_fn(i, x):
+        calls.append(i)
+        return torch.randn(x.shape, generator=torch.Generator().manual_seed(i), dtype=x.dtype)
+
+    out = sample_loop(diffusion, toy_model, x_T, sampler=sampler, noise_fn=noise_fn)
+    assert len(calls) == draws
+    entry = build_sampler(sampler) if isinstance(sampler, str) else sampler
+    if not draws:  # the same step fed drawn noise gives the same sample
+        x, state = x_T, entry.start(x_T)
+        for i in range(diffusion.num_timesteps - 1, -1, -1):
+            t = torch.full((2,), i, dtype=torch.long)
+            step, state = entry.step(
+                diffusion, toy_model, x, t, noise_fn(i, x), state, guidance=None,
+                clip_denoised=True,
+            )  # fmt: skip
+            x = step.sample
+        assert torch.equal(out, x)

@@ -63,6 +63,12 @@ class Sampler:
 
     name: ClassVar[str] = ""
 
+    @property
+    def uses_noise(self) -> bool:
+        """Whether :meth:`step` reads its step noise (a deterministic step gets zeros, so no
+        random numbers are drawn for it)."""
+        return True
+
     def check(self, guidance: Callable | None) -> None:
         """Raise ValueError (one line) for guidance this sampler cannot apply."""
 
@@ -171,6 +177,10 @@ class DDIM(Sampler):
         if not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"diffusion.eta={self.eta!r}: must be in [0.0, 1.0]")
 
+    @property
+    def uses_noise(self) -> bool:
+        return self.eta > 0.0
+
     def check(self, guidance: Callable | None) -> None:
         check_sampler_supports(guidance, "ddim")
 
@@ -225,6 +235,10 @@ class DPMpp2M(Sampler):
         if not 0.0 < self.quantile <= 1.0:
             raise ValueError(f"diffusion.sampler_params.quantile={self.quantile}: in (0, 1]")
         self._references: dict[tuple, _Reference] = {}
+
+    @property
+    def uses_noise(self) -> bool:
+        return False  # the probability-flow ODE
 
     def start(self, x_T: Tensor) -> Any:
         return {"previous": None, "lam_prev": None, "variance_max": None}
@@ -333,6 +347,10 @@ class DPMpp2MSDE(DPMpp2M):
     additive schedule) gives different samples under the ODE and the SDE; the DDPM chain is an
     SDE, so this variant follows it where the ODE does not (README, "Few-step sampling")."""
 
+    @property
+    def uses_noise(self) -> bool:
+        return True
+
     def update(self, x, data, previous, noise, **times) -> Tensor:
         return dpmpp_sde_update(x, data, previous, noise, **times)
 
@@ -375,6 +393,7 @@ def sample_loop(
         sampler = build_sampler(sampler, **({"eta": eta} if sampler == "ddim" else {}))
     sampler.check(guidance)
     x, state = x_T, sampler.start(x_T)
+    no_noise = None if sampler.uses_noise else torch.zeros_like(x_T)
     indices = range(diffusion.num_timesteps - 1, -1, -1)
     if progress:
         from tqdm.auto import tqdm
@@ -382,7 +401,10 @@ def sample_loop(
         indices = tqdm(indices, desc=f"{sampler.name} sampling", leave=False)
     for i in indices:
         t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-        noise = noise_fn(i, x) if noise_fn is not None else torch.randn_like(x)
+        if no_noise is not None:
+            noise = no_noise
+        else:
+            noise = noise_fn(i, x) if noise_fn is not None else torch.randn_like(x)
         step, state = sampler.step(
             diffusion, model_fn, x, t, noise, state, guidance=guidance, clip_denoised=clip_denoised
         )

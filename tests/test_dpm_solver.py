@@ -253,6 +253,10 @@ def test_logsnr_timesteps_are_uniform_in_logsnr_and_bad_knobs_are_one_line() -> 
     assert space_timesteps(1000, "logsnr20", base) == kept
     with pytest.raises(ValueError, match="logsnrN"):
         space_timesteps(1000, "logsnrX")
+    cosine = torch.cumprod(1 - beta_schedule("cosine", 1000), 0)
+    assert space_timesteps(1000, "logsnr20", cosine) != kept  # the schedule's own grid
+    with pytest.raises(ValueError, match="needs the chain's alphas_cumprod"):
+        space_timesteps(1000, "logsnr20")  # never a silent linear schedule
     with pytest.raises(ValueError, match="reference_steps"):
         build_sampler("dpmpp_2m", reference_steps=0)
     with pytest.raises(ValueError, match="thresholding"):

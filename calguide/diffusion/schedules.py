@@ -80,8 +80,8 @@ def space_timesteps(
                 raise ValueError(
                     f"diffusion.respacing {spec!r}: expected 'logsnrN' with an integer N"
                 ) from None
-            if alphas_cumprod is None:
-                alphas_cumprod = torch.cumprod(1.0 - beta_schedule("linear", num_timesteps), 0)
+            if alphas_cumprod is None:  # the grid depends on the noise schedule: no default
+                raise ValueError(f"diffusion.respacing {spec!r} needs the chain's alphas_cumprod")
             return logsnr_timesteps(alphas_cumprod, count)
         if spec.startswith("ddim"):
             try:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from calguide.config import (
@@ -108,6 +108,25 @@ def load_denoiser_file(
 
 def denoiser(spec: DenoiserConfig, path: str | os.PathLike) -> Denoiser:
     return load_denoiser_file(path, spec.flags, f"denoiser '{spec.name}'")
+
+
+def inputs_denoiser(cfg: DictConfig) -> Denoiser | None:
+    """The denoiser that makes a calibration run's x̂₀ inputs (``inputs.mode=x0``), else None;
+    in float32 when the run is not on a CUDA GPU (as for sampling)."""
+    if cfg.inputs.mode != "x0":
+        return None
+    if cfg.inputs.denoiser is None:
+        raise FileNotFoundError("inputs.mode=x0 needs inputs.denoiser (a trained denoiser file)")
+    path = Path(cfg.inputs.denoiser)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"inputs.denoiser: no denoiser at {path}; train one with `calguide-train` "
+            "(or `make train-denoiser`) or point inputs.denoiser at a checkpoint"
+        )
+    flags = cfg.inputs.denoiser_flags
+    flags = OmegaConf.to_container(flags, resolve=True) if flags is not None else None
+    net = load_denoiser_file(path, flags, "inputs.denoiser")
+    return net if runs_on_gpu(cfg) else float32_off_gpu(net)
 
 
 def float32_off_gpu(net: Denoiser) -> Denoiser:

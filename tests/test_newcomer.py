@@ -135,3 +135,20 @@ def test_adm_fp16_and_autocast_on_a_cpu_run_in_float32(
     setup = assembly.sampling_setup(cfg)
     assert "sampling.precision=bf16 is a CUDA autocast" in capsys.readouterr().out
     assert setup.module.precision == "bf16"
+
+
+def test_calibration_inputs_denoiser_with_adm_fp16_flags_runs_in_float32_on_a_cpu(
+    compose_config, tmp_path, capsys
+) -> None:
+    from tiny import tiny_denoiser_module
+
+    from calguide.modules.denoiser import export_denoiser
+
+    path = export_denoiser(tiny_denoiser_module(use_fp16=True), tmp_path / "fp16.pt")
+    cfg = compose_config(
+        "calibrate", ["data.image_size=8", f"inputs.denoiser={path}", "trainer=cpu"]
+    )
+    net = assembly.inputs_denoiser(cfg)
+    assert net is not None and net.flags["use_fp16"] is False
+    assert all(p.dtype == torch.float32 for p in net.net.parameters())
+    assert "runs in float32" in capsys.readouterr().out

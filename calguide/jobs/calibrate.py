@@ -22,23 +22,6 @@ from calguide.modules.classifier import ClassifierModule
 from calguide.nets.classifiers import export_classifier
 
 
-def denoiser_for_inputs(cfg: DictConfig) -> assembly.Denoiser | None:
-    """The denoiser that makes x̂₀ inputs (``inputs.mode=x0``), else None."""
-    if cfg.inputs.mode != "x0":
-        return None
-    if cfg.inputs.denoiser is None:
-        raise FileNotFoundError("inputs.mode=x0 needs inputs.denoiser (a trained denoiser file)")
-    path = Path(cfg.inputs.denoiser)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"inputs.denoiser: no denoiser at {path}; train one with `calguide-train` "
-            "(or `make train-denoiser`) or point inputs.denoiser at a checkpoint"
-        )
-    flags = cfg.inputs.denoiser_flags
-    flags = OmegaConf.to_container(flags, resolve=True) if flags is not None else None
-    return assembly.load_denoiser_file(path, flags, "inputs.denoiser")
-
-
 def save_diagrams(
     module: ClassifierModule, out_dir: Path, wanted: list[str], trainer: L.Trainer, tag: str
 ) -> dict[str, str]:
@@ -69,7 +52,7 @@ def run_calibration(cfg: DictConfig) -> dict[str, Any]:
     classifier, init_meta = assembly.classifier(
         run.classifier, cfg.init, f"classifier '{run.classifier.name}' (init)"
     )
-    denoiser = denoiser_for_inputs(cfg)
+    denoiser = assembly.inputs_denoiser(cfg)
     diffusion = assembly.chain(
         run.diffusion,
         denoiser.flags if denoiser else {},

@@ -63,7 +63,7 @@ COMMON := paths.artifacts=$(A) paths.log_dir=$(abspath logs)
 STRATEGIES ?= none,vanilla,rkl,fkl,js,hellinger
 SCALE ?= 2.0
 
-# The digits models come with calguide (calguide/bundled/digits, README "Bundled models"):
+# The digits models come with calguide (calguide/bundled/digits, docs/bundled_models.md):
 # `make run` and the digits tables use them as they are, with no training. The targets below
 # are how they were made; a model trained into artifacts/ replaces the bundled one in every
 # config (the configs take your own file when it exists).
@@ -130,7 +130,7 @@ run: $(STAMP) ## the paper in miniature on the bundled models: calibration, ever
 # aggregate it (table.md, table.csv, runs.csv, plots, verdicts). Finished samples are reused from
 # artifacts/, so a rerun only recomputes what changed. DIFFUSION=dpmpp [NFE=20] samples the table
 # with DPM-Solver++(2M) at NFE network evaluations instead of the recipe's DDPM chain: for sweeps
-# and exploration (README "Few-step sampling"); the paper's protocol stays DDPM 250.
+# and exploration (docs/few_step.md); the paper's protocol stays DDPM 250.
 NFE ?= 20
 SAMPLER_ARGS := $(if $(DIFFUSION),diffusion=$(DIFFUSION) diffusion.respacing=$(NFE),)
 define run_table
@@ -196,7 +196,7 @@ lab: $(STAMP) ## Gaussian-mixture lab: every strategy vs the exact target (< 1 m
 GPU_OUT ?= gpu-check
 GPU_WHEELS := antlr4-python3-runtime hydra-core omegaconf torch_fidelity
 .PHONY: gpu-check gpu-wheels
-gpu-check: ## the prepared GPU check (needs CUDA; README "GPU check"): ADM-128 steps, fast paths, metrics -> $(GPU_OUT)/
+gpu-check: ## the prepared GPU check (needs CUDA; docs/performance.md): ADM-128 steps, fast paths, metrics -> $(GPU_OUT)/
 	@$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) experiments/gpu_check.py --out $(GPU_OUT)
 
 gpu-wheels: $(STAMP) ## build the wheels the GPU machine lacks into .whl/ (versions from constraints.txt)

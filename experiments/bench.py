@@ -18,31 +18,15 @@ Weights are random: the cost of a step does not depend on their values.
 from __future__ import annotations
 
 import argparse
-import copy
-import dataclasses
 import json
-import os
-import platform
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
-from calguide import assembly
-from calguide.config import (
-    ClassifierConfig,
-    DiffusionConfig,
-    conf_dir,
-    guidance_config,
-    validated,
-)
-from calguide.diffusion import ddpm_step
-from calguide.guidance import GuidanceClassifier
-from calguide.modules.sampling import SamplingModule
-from calguide.nets import create_unet
+from calguide.perf.pairs import PAIRS, Pair, bench_samplers
+from calguide.perf.timing import interleaved_medians, machine, median_time, timed_call
 
 STRATEGIES = (
     "vanilla",
@@ -55,76 +39,6 @@ STRATEGIES = (
     "entropy",
     "tilted",
 )
-
-# (denoiser config, classifier config): flags and params come from conf/, as in real runs.
-PAIRS = {"digits": ("unet_tiny", "digits_resnet"), "adm128": ("adm128", "resnet101")}
-
-
-def pair_spec(pair: str) -> tuple[dict, ClassifierConfig, DiffusionConfig]:
-    """A pair's denoiser flags, classifier and diffusion sections, as a run composes them."""
-    denoiser, classifier = PAIRS[pair]
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        cfg = compose(
-            "sample",
-            overrides=[
-                f"denoiser={denoiser}",
-                f"classifier={classifier}",
-                "classifier.checkpoint=null",
-                "denoiser.checkpoint=null",
-            ],
-        )
-    return (
-        dict(validated(cfg, "denoiser").flags),
-        validated(cfg, "classifier"),
-        validated(cfg, "diffusion"),
-    )
-
-
-def chain_of(diffusion: DiffusionConfig, flags: dict, respacing: str, sampler: str = "ddpm"):
-    """The pair's chain at ``respacing`` (and the sampler entry), built as a run builds it."""
-    spec = dataclasses.replace(diffusion, respacing=respacing, sampler=sampler, sampler_params={})
-    return assembly.chain(spec, flags), assembly.sampler(spec)
-
-
-def timed_call(fn: Callable[[], object], device: torch.device) -> float:
-    """Seconds for one call, with the GPU's queue drained before and after."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
-def median_time(fn: Callable[[], object], repeats: int, warmup: int, device: torch.device) -> float:
-    for _ in range(warmup):
-        fn()
-    return statistics.median(timed_call(fn, device) for _ in range(repeats))
-
-
-def interleaved_medians(
-    fns: dict[str, Callable[[], object]], repeats: int, warmup: int, device: torch.device
-) -> dict[str, float]:
-    """Median time of each function, timed round-robin so that machine drift (other load,
-    clock changes) hits every entry alike instead of whichever ran first."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            times[name].append(timed_call(fn, device))
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
-def machine(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    text = f"{platform.system()} {cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-    text += f"{torch.get_num_threads()} threads"
-    if device.type == "cuda":
-        text += f", {torch.cuda.get_device_name(device)}"
-    return text
 
 
 FAST_PATHS_CPU = {
@@ -140,74 +54,6 @@ FAST_PATHS_CUDA = {
     "bf16 + channels_last": {"precision": "bf16", "channels_last": True},
     "bf16 + channels_last + compile": {"precision": "bf16", "channels_last": True, "compile": True},
 }
-
-
-class Pair:
-    """Random-weight denoiser + guidance classifier of a pair, and one batch mid-chain."""
-
-    def __init__(self, pair: str, batch: int, device: torch.device) -> None:
-        flags, clf, diffusion = pair_spec(pair)
-        if device.type != "cuda":
-            flags["use_fp16"] = False  # ADM's fp16 blocks are for GPUs; half convs crawl on CPU
-        torch.manual_seed(0)
-        self.flags = flags
-        self.unet = create_unet(**flags).to(device).eval().requires_grad_(False)
-        # Random weights with the config's convention (EluCD's Softplus(β) for the ResNets).
-        self.classifier = assembly.classifier(clf, None, "bench classifier")[0].to(device).eval()
-        size, channels = flags["image_size"], flags.get("in_channels", 3)
-        self.shape = (channels, size, size)
-        self.diffusion = diffusion
-        self.chain, _ = chain_of(diffusion, flags, "250")
-        self.x = torch.randn(batch, *self.shape, device=device)
-        self.labels = torch.randint(0, flags["num_classes"], (batch,), device=device)
-        i = self.chain.num_timesteps // 2
-        self.t = torch.full((batch,), i, device=device, dtype=torch.long)
-        self.t_model = self.chain.model_timesteps(self.t)
-        self.noise = torch.randn_like(self.x)
-        self.device = device
-
-    def guidance(
-        self, strategy: str | None, classifier: torch.nn.Module, schedule: str = "constant"
-    ):
-        if strategy is None:
-            return None
-        params = {"gamma": 0.3} if schedule == "elucd" else {}
-        spec = guidance_config(strategy, scale=1.0, schedule=schedule, schedule_params=params)
-        return assembly.guidance_with(spec, GuidanceClassifier(classifier, input_mode="x0"), 1000)
-
-    def step(
-        self, strategy: str | None, *, fresh_nets: bool = False, **switches
-    ) -> Callable[[], torch.Tensor]:
-        """One DDPM step through SamplingModule's call path with the given sampling switches
-        (``fresh_nets``: on copies of the nets, which switches may convert in place)."""
-        unet, classifier = self.unet, self.classifier
-        if fresh_nets:
-            unet, classifier = copy.deepcopy(unet), copy.deepcopy(classifier)
-        module = SamplingModule(
-            unet,
-            self.chain,
-            sample_shape=self.shape,
-            class_cond=bool(self.flags.get("class_cond")),
-            guidance=self.guidance(strategy, classifier),
-            progress=False,
-            **switches,
-        ).to(self.device)
-        call = module.model_fn(self.labels)
-        guidance = module.bound_guidance(self.labels)
-        x = self.x.contiguous(
-            memory_format=torch.channels_last
-            if switches.get("channels_last")
-            else torch.contiguous_format
-        )
-
-        def run() -> torch.Tensor:
-            out = call(x, self.t_model)
-            result = ddpm_step(self.chain, out, x, self.t, self.noise, guidance=guidance).sample
-            if guidance is not None:
-                guidance.diagnostics.clear()
-            return result
-
-        return run
 
 
 def bench(
@@ -297,48 +143,6 @@ def bench_fast_paths(p: Pair, repeats: int, warmup: int) -> dict:
     base = out["fp32 eager"]["step_s"]
     for entry in out.values():
         entry["speedup"] = base / entry["step_s"]
-    return out
-
-
-SAMPLER_GRID = {"dpmpp_2m": (10, 15, 20, 25), "ddpm": (100, 250)}
-
-
-def bench_samplers(p: Pair, repeats: int, warmup: int) -> dict:
-    """Seconds per guided sample (EluCD's score and additive schedule, vanilla) for each
-    sampler and step count: NFE × one step through the sampler entry / batch. A
-    DPM-Solver++ step is timed in its second-order form (with a previous data prediction)."""
-    runs: dict[str, Callable[[], torch.Tensor]] = {}
-    for name, counts in SAMPLER_GRID.items():
-        for nfe in counts:
-            chain, sampler = chain_of(p.diffusion, p.flags, str(nfe), name)
-            module = SamplingModule(
-                p.unet, chain, sample_shape=p.shape, class_cond=bool(p.flags.get("class_cond")),
-                guidance=p.guidance("vanilla", p.classifier, schedule="elucd"), progress=False,
-            ).to(p.device)  # fmt: skip
-            call, guidance = module.model_fn(p.labels), module.bound_guidance(p.labels)
-            t = torch.full_like(p.t, nfe // 2)
-            state = sampler.start(p.x)
-            _, state = sampler.step(
-                chain, call, p.x, t + 1, p.noise, state, guidance=guidance, clip_denoised=True
-            )
-
-            def run(sampler=sampler, chain=chain, call=call, guidance=guidance, t=t, state=state):
-                out, _ = sampler.step(
-                    chain, call, p.x, t, p.noise, state, guidance=guidance, clip_denoised=True
-                )
-                guidance.diagnostics.clear()
-                return out.sample
-
-            runs[f"{name} {nfe}"] = run
-    timed = interleaved_medians(runs, repeats, warmup, p.device)
-    batch = p.x.shape[0]
-    out = {}
-    for key, step_s in timed.items():
-        nfe = int(key.split()[-1])
-        out[key] = {"nfe": nfe, "step_s": step_s, "sample_s": nfe * step_s / batch}
-    reference = out["ddpm 250"]["sample_s"]
-    for entry in out.values():
-        entry["vs_ddpm250"] = entry["sample_s"] / reference
     return out
 
 

@@ -72,7 +72,7 @@ MODELS = {
 def denoiser_heldout_mse(path: Path) -> dict[str, float]:
     """ε-MSE on the held-out digits at 10 fixed timesteps (seeded noise), per t and mean."""
     from calguide import assembly
-    from calguide.config import DiffusionConfig
+    from calguide.config.shared import DiffusionConfig
     from calguide.data import digits_split
 
     loaded = assembly.load_denoiser_file(path, None, f"denoiser {path}")

@@ -14,15 +14,19 @@ import argparse
 import json
 from pathlib import Path
 
-from calguide.sampling.diagnostics import plot_diagnostics, read_diagnostics_csv
+from calguide.samples.diagnostics import plot_diagnostics, read_diagnostics_csv
 
 
 def run_label(record: dict) -> str:
-    label = f"{record['guidance']} s={record['scale']:g}"
-    if record.get("temperature", 1.0) != 1.0:
-        label += f" τ×{record['temperature']:g}"
-    if record.get("classifier"):
-        label += f" [{Path(record['classifier']).stem}]"
+    """``js s=2 τ×0.5 [digits_resnet-x0-smece-s0]``: what the run ran (its run record)."""
+    run = record["run"]
+    guidance, classifier = run["guidance"], run.get("classifier")
+    label = f"{guidance['name']} s={guidance['scale']:g}"
+    multiplier = record["config"]["guidance"].get("temperature", 1.0)
+    if multiplier != 1.0:
+        label += f" τ×{multiplier:g}"
+    if classifier:
+        label += f" [{Path(classifier['file']).stem}]"
     return label
 
 

@@ -25,10 +25,10 @@ import sys
 import time
 from pathlib import Path
 
+from calguide.config import compose_spec
 from calguide.io import atomic_path, atomic_write_report
-from calguide.tools import aggregate
-from calguide.tools.claims import Settings, row_interval
-from calguide.tools.miniature import compose_job
+from calguide.tables.records import collect_runs
+from calguide.verdicts import Settings, row_interval
 
 NFES = (10, 15, 20, 25)
 LAB_RUNS = (
@@ -61,12 +61,14 @@ def lab_part(seeds: int, work: Path) -> tuple[str, dict]:
     for name, sampler in lab_samplers.items():
         for seed in range(seeds):
             overrides = [
-                *sampler, f"seed={seed}", f"lab.runs={LAB_RUNS}", "~lab.classifiers.overconfident",
+                *sampler, "diffusion.clip_denoised=false",  # the mixture is unbounded
+                f"seed={seed}", f"lab.runs={LAB_RUNS}", "~lab.classifiers.overconfident",
                 "~lab.classifiers.mlp_ce", "~lab.classifiers.mlp_smece",
             ]  # fmt: skip
-            cfg = compose_job("lab", overrides, work / "lab" / name.replace(" ", "") / str(seed))
+            folder = work / "lab" / name.replace(" ", "") / str(seed)
+            spec = compose_spec("lab", overrides, output_dir=folder)
             started = time.perf_counter()
-            record = run_lab(cfg)
+            record = run_lab(spec)
             print(f"  lab {name} seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
             for row in record["rows"]:
                 label = row["guidance"] if row["guidance"] == "none" else (
@@ -122,18 +124,18 @@ def digits_part(work: Path, samples: int) -> tuple[str, dict, dict]:
     for sampler, s_over in SAMPLERS.items():
         for row, r_over in DIGITS_ROWS.items():
             folder = work / "digits" / sampler.replace(" ", "") / row
-            cfg = compose_job(
+            spec = compose_spec(
                 "sample",
                 ["experiment=digits_miniature", "denoiser=unet_tiny_uncond", *r_over, *s_over,
                  "seed=0", f"sampling.num_samples={samples}", "sampling.progress=false",
                  "trainer.enable_progress_bar=false"],
-                folder,
+                output_dir=folder,
             )  # fmt: skip
             started = time.perf_counter()
-            run_sampling(cfg)
+            run_sampling(spec)
             took = time.perf_counter() - started
             timings[f"{sampler} {row}"] = took
-            (record,) = aggregate.collect_runs([folder])
+            (record,) = collect_runs([folder])
             table.setdefault(row, {})[sampler] = {
                 m: _interval(row_interval([record], m, settings)) for m in ("fid", "kid")
             }

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
 
 from calguide.assembly import metrics_callback
-from calguide.config import conf_dir
+from calguide.config import compose_spec
 from calguide.data import digits_split
 from calguide.metrics.reference import to_uint8_nhwc
 from calguide.modules.evaluate import evaluate_samples
@@ -28,12 +27,11 @@ def main() -> None:
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     parser.add_argument("--samples", type=Path, required=True)
     args = parser.parse_args()
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        cfg = compose("eval", overrides=[f"paths.artifacts={args.artifacts.resolve()}"])
-    callback = metrics_callback(cfg, None)
-    train = digits_split(cfg.data.image_size, cfg.data.heldout_fraction, cfg.data.split_seed)[
-        "train"
-    ]
+    overrides = [f"paths.artifacts={args.artifacts.resolve()}", "samples=unused.npz"]
+    spec = compose_spec("eval", overrides)
+    callback = metrics_callback(spec.metrics, spec.data, None)
+    data = spec.data
+    train = digits_split(data.image_size, data.heldout_fraction, data.split_seed)["train"]
     train_images = to_uint8_nhwc(train.tensors[0]).numpy()  # data: the exact (rounding) inverse
     train_labels = train.tensors[1].numpy()
     with np.load(args.samples) as npz:

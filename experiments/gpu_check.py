@@ -36,7 +36,7 @@ from typing import Any
 
 NEEDS_CUDA = (
     "gpu-check: error: needs a CUDA GPU (torch.cuda.is_available() is False here); "
-    "run it on a lent accelerator, see README 'GPU check'"
+    "run it on a lent accelerator, see docs/performance.md"
 )
 
 # The step settings, in the order they are timed; each is sampling switches plus TF32.
@@ -174,7 +174,8 @@ class Report:
 
 def environment(device) -> dict[str, Any]:
     import torch
-    from bench import machine
+
+    from calguide.perf.timing import machine
 
     info: dict[str, Any] = {"machine": machine(device), "torch": torch.__version__}
     if device.type == "cuda":
@@ -218,10 +219,10 @@ def step_variant(pair, label: str, switches: dict[str, Any], repeats: int, warmu
     """
 
     import torch
-    from bench import interleaved_medians, timed_call
 
     from calguide.diffusion import ddpm_step
     from calguide.guidance import ClassifierGuidance, build_schedule, build_strategy
+    from calguide.perf.timing import interleaved_medians, timed_call
 
     sampling = sampling_switches(switches)
     module = setting_module(pair, switches, pair.chain)
@@ -338,7 +339,8 @@ def e2e_section(pair, samples: int, steps: int, fast: str) -> dict[str, Any]:
     """The same seeded samples, all ``steps`` respaced steps, in fp32 and in ``fast``."""
 
     import torch
-    from bench import chain_of
+
+    from calguide.perf.pairs import chain_of
 
     chain, _ = chain_of(pair.diffusion, pair.flags, str(steps))
     batch = {
@@ -436,7 +438,7 @@ def samplers_section(pair, repeats: int, warmup: int) -> dict[str, Any]:
     """DPM-Solver++(2M) at 20 and 25 NFE beside DDPM at 100 and 250 steps (fp32, vanilla on
     EluCD's score and additive schedule): seconds per guided sample, and the projected hours of
     a 50,000-sample run."""
-    from bench import bench_samplers
+    from calguide.perf.pairs import bench_samplers
 
     found = bench_samplers(pair, repeats, warmup)
     keep = {k: v for k, v in found.items() if k in ("dpmpp_2m 20", "dpmpp_2m 25", "ddpm 250")}
@@ -572,9 +574,9 @@ def main(argv: list[str] | None = None) -> int:
         print(NEEDS_CUDA, file=sys.stderr)
         return 2
     started = time.perf_counter()
-    sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench.py beside this file
     import torch
-    from bench import Pair
+
+    from calguide.perf.pairs import Pair
 
     device = torch.device("cpu" if args.smoke else "cuda")
     report = Report(args.out, started, args.budget_s)

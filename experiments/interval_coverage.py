@@ -1,7 +1,7 @@
 """Do a one-run table's intervals cover what another seed would give? Digits rows of 1 seed ×
 N samples, aggregated with intervals, against the spread measured across seeds.
 
-    python experiments/interval_coverage.py                    # README numbers (~10 min)
+    python experiments/interval_coverage.py          # docs/verdicts.md's numbers (~10 min)
     python experiments/interval_coverage.py --seeds 4 --samples 240
 
 Each seed's runs are one table of one run per row, as a 50K ImageNet table is: its intervals
@@ -22,10 +22,11 @@ from pathlib import Path
 
 import yaml
 
+from calguide.commands import aggregate
+from calguide.config import compose_spec
 from calguide.io import atomic_write_report, atomic_write_text
-from calguide.tools import aggregate
-from calguide.tools.claims import Settings, judge, paired_bootstrap, paired_runs, row_interval
-from calguide.tools.miniature import compose_job
+from calguide.tables.records import collect_runs
+from calguide.verdicts import Settings, judge, paired_bootstrap, paired_runs, row_interval
 
 ROWS = {
     "none": ["denoiser=unet_tiny_uncond", "guidance=none"],
@@ -47,14 +48,14 @@ def run_rows(seed: int, samples: int, work: Path, overrides: list[str]) -> list[
     folders = []
     for name, row in ROWS.items():
         folder = work / f"seed{seed}" / name
-        cfg = compose_job(
+        spec = compose_spec(
             "sample",
             ["experiment=digits_miniature", *row, f"seed={seed}", f"sampling.num_samples={samples}",
              "sampling.progress=false", "trainer.enable_progress_bar=false", *overrides],
-            folder,
+            output_dir=folder,
         )  # fmt: skip
         started = time.perf_counter()
-        run_sampling(cfg)
+        run_sampling(spec)
         print(f"  seed {seed} {name}: {time.perf_counter() - started:.0f} s", flush=True)
         folders.append(folder)
     return folders
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     per_seed = {}
     for seed in seeds:
-        per_seed[seed] = aggregate.collect_runs(run_rows(seed, args.samples, work, args.overrides))
+        per_seed[seed] = collect_runs(run_rows(seed, args.samples, work, args.overrides))
     settings = Settings(bootstrap=args.bootstrap)  # one run per row: 20 index blocks
     rows_out, claims_out = {}, {}
     for name in ROWS:

@@ -29,10 +29,11 @@ import sys
 import time
 from pathlib import Path
 
+from calguide.commands.miniature import experiment_settings
+from calguide.config import compose_spec
 from calguide.io import atomic_write_report
-from calguide.tools import aggregate
-from calguide.tools.claims import Settings, judge
-from calguide.tools.miniature import compose_job, experiment_settings
+from calguide.tables.records import collect_runs
+from calguide.verdicts import Settings, judge
 
 DENOISERS = ("unet_tiny", "unet_tiny_uncond")
 RULE = (
@@ -45,14 +46,14 @@ def run_jobs(jobs: list[list[str]], out: Path, common: list[str]) -> None:
     from calguide.jobs.sample import run_sampling
 
     for i, job in enumerate(jobs):
-        cfg = compose_job(
+        spec = compose_spec(
             "sample",
             ["experiment=digits_miniature", *common, *job, "sampling.progress=false",
              "trainer.enable_progress_bar=false"],
-            out / "sample" / str(i),
+            output_dir=out / "sample" / str(i),
         )  # fmt: skip
         started = time.perf_counter()
-        record = run_sampling(cfg)
+        record = run_sampling(spec)
         fid = (record.get("metrics") or {}).get("fid")
         took = time.perf_counter() - started
         print(f"  {i + 1:2d}/{len(jobs)} {' '.join(job)}: FID {fid:.2f} ({took:.1f} s)", flush=True)
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tuning: {len(jobs)} sampling runs, seed {args.seed}", flush=True)
     run_jobs(jobs, work, common)
 
-    records = aggregate.collect_runs([work / "sample"])
+    records = collect_runs([work / "sample"])
     verdicts = experiment_settings(args.overrides, "digits_miniature")["verdicts"]
     settings = Settings.from_mapping(verdicts)
     claims = [
@@ -98,11 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         for s in scales
     ]
     found = judge(records, claims, settings)
-    cfg = compose_job("sample", ["experiment=digits_miniature", *common], work)
+    spec = compose_spec("sample", ["experiment=digits_miniature", *common], output_dir=work)
     result: dict = {
         "seed": args.seed,
-        "samples": int(cfg.sampling.num_samples),
-        "steps": str(cfg.diffusion.respacing),
+        "samples": spec.sampling.num_samples,
+        "steps": spec.diffusion.respacing,
         "block_size": settings.block_size,
         "rule": RULE,
         "denoisers": {},

@@ -1,6 +1,6 @@
 """A/A calibration of the verdict rule: how often it is decisive when the two rows cannot differ.
 
-    python experiments/verdict_calibration.py                     # README numbers (~25 min)
+    python experiments/verdict_calibration.py        # docs/verdicts.md's numbers (~25 min)
     python experiments/verdict_calibration.py --repeats 20 --samples-per-row 120   # a quick look
 
 The rule (calguide/tools/claims.py) claims a 5% family-wise error rate: with Bonferroni, each
@@ -20,7 +20,7 @@ large run per configuration, so repeats are independent), cuts them into blocks 
 ``--block-size`` indices and judges d = metric(A) − metric(B) with the delete-one-block
 jackknife and Student's critical value, as every verdict does. Reduced size by default (240
 samples, 10 steps instead of the miniature's 480 and 20: FID for 100 repeats of two designs
-would otherwise take hours); the README says so. Writes ``verdict_calibration.{json,md}``.
+would otherwise take hours); docs/verdicts.md says so. Writes ``verdict_calibration.{json,md}``.
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ from pathlib import Path
 
 import torch
 
+from calguide.config import compose_spec
 from calguide.io import atomic_write_report
 from calguide.metrics.per_sample import leave_one_out, read_eval_features
 from calguide.metrics.reference import load_reference_file
 from calguide.stats import critical_value, jackknife_interval, per_claim_level, verdict_of
-from calguide.tools.miniature import compose_job
 
 METRICS = ("fid", "kid", "precision", "recall", "class_acc")
 CONFIGS = {
@@ -52,16 +52,16 @@ def pool(overrides: list[str], count: int, work: Path, name: str, args) -> Path:
     """One run of ``count`` samples of a configuration; its eval_features.npz."""
     from calguide.jobs.sample import run_sampling
 
-    cfg = compose_job(
+    spec = compose_spec(
         "sample",
         ["experiment=digits_miniature", *overrides, f"seed={args.seed}",
          f"sampling.num_samples={count}", f"diffusion.respacing='{args.steps}'",
          "sampling.progress=false", "trainer.enable_progress_bar=false",
          f"metrics.cache_dir={work / 'reference'}", *args.overrides],
-        work / name,
+        output_dir=work / name,
     )  # fmt: skip
     started = time.perf_counter()
-    record = run_sampling(cfg)
+    record = run_sampling(spec)
     took = time.perf_counter() - started
     print(f"  pool {name}: {count} samples in {took:.0f} s", flush=True)
     return Path(record["eval_features"])

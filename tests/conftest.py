@@ -1,4 +1,5 @@
-"""Shared fixtures: compose the real configs the way the entry points do."""
+"""Shared fixtures: compose the real configs the way the entry points do, and check them into the
+command's spec as the console scripts do."""
 
 from __future__ import annotations
 
@@ -8,12 +9,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from calguide.config import conf_dir
+from calguide.config import RunSpec, check, compose, release
 
 os.environ.setdefault("WANDB_MODE", "offline")
 # File hashes (run identities) are remembered per test session, not in the user's cache.
@@ -28,22 +26,26 @@ def compose_config(tmp_path) -> Iterator[Callable[..., DictConfig]]:
     """compose_config(name, overrides) → the config Hydra would give the task, paths in tmp."""
 
     def _compose(name: str, overrides: list[str] | None = None) -> DictConfig:
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-            cfg = compose(
-                name,
-                overrides=[
-                    f"paths.artifacts={tmp_path / 'artifacts'}",
-                    f"paths.log_dir={tmp_path / 'logs'}",
-                    f"paths.data_dir={tmp_path / 'data'}",
-                    *(overrides or []),
-                ],
-                return_hydra_config=True,
-            )
-        HydraConfig().set_config(cfg)
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(tmp_path / "run")
-        return cfg
+        return compose(
+            name,
+            [
+                f"paths.artifacts={tmp_path / 'artifacts'}",
+                f"paths.log_dir={tmp_path / 'logs'}",
+                f"paths.data_dir={tmp_path / 'data'}",
+                *(overrides or []),
+            ],
+            output_dir=tmp_path / "run",
+        )
 
     yield _compose
-    GlobalHydra.instance().clear()
+    release()
+
+
+@pytest.fixture
+def compose_spec(compose_config) -> Callable[..., RunSpec]:
+    """compose_spec(name, overrides) → the command's checked spec, as its job receives it."""
+
+    def _spec(name: str, overrides: list[str] | None = None) -> RunSpec:
+        return check(compose_config(name, overrides))
+
+    return _spec

@@ -1,5 +1,5 @@
-"""calguide-aggregate (calguide.tools.aggregate) on hand-written multirun folders: grouping,
-stats, tables, plots."""
+"""calguide-aggregate (calguide.commands.aggregate, calguide.tables) on hand-written multirun
+folders: grouping, stats, tables, plots."""
 
 from __future__ import annotations
 
@@ -10,11 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from calguide.tools import aggregate as agg
+from calguide.commands import aggregate
+from calguide.tables import plots, render
+from calguide.tables import records as rec
+from calguide.tables import summary as summ
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-ROWS = list(agg.DEFAULT_ROWS)
-METRICS = list(agg.DEFAULT_METRICS)
+ROWS = list(summ.DEFAULT_ROWS)
+METRICS = list(summ.DEFAULT_METRICS)
 
 # (guidance, scale) → base FID; each seed adds 2·seed, so every group has mean base+2, std 2.
 BASE_FID = {("vanilla", 1.0): 10.0, ("vanilla", 2.0): 8.0, ("js", 1.0): 7.0, ("js", 2.0): 5.0}
@@ -42,14 +45,22 @@ def sampling_json(
     }
     if table:
         config["experiment"] = {"table": table, "row": f"{guidance}"}
+    run = {  # what calguide-sample records of what it ran (calguide.jobs.records)
+        "sampler": "ddpm",
+        "respacing": "250",
+        "steps": 250,
+        "network_evaluations": 250,
+        "guidance": {"name": guidance, "scale": scale, "schedule": "constant", "params": {}},
+        "denoiser": {"name": denoiser, "file": f"/a/{denoiser}.pt"},
+        "classifier": None if guidance == "none" else {"name": classifier, "temperature": 1.0},
+        "device": "cpu",
+        "samples": 100,
+        "seed": seed,
+    }
     record = {
         "samples": f"/a/samples/{guidance}-{scale}-{seed}/samples.npz",
         "num_samples": 100,
-        "guidance": guidance,
-        "scale": scale,
-        "classifier": None if guidance == "none" else f"/a/{classifier}.pt",
-        "temperature": 1.0,
-        "seed": seed,
+        "run": run,
         "out_dir": f"/a/samples/{guidance}-{scale}-{seed}",
         "classifier_smece": smece,
         "config": config,
@@ -99,7 +110,7 @@ def by_key(summary: list[dict], guidance: str, scale: float) -> dict:
 
 
 def test_collect_runs_flattens_config_and_metrics(sweep):
-    records = agg.collect_runs([sweep])
+    records = rec.collect_runs([sweep])
     assert len(records) == 14
     first = records[0]
     assert first["run_dir"] == str(sweep / "cond" / "0")
@@ -123,8 +134,8 @@ def test_collect_runs_flattens_config_and_metrics(sweep):
 
 
 def test_unfinished_runs_are_skipped_and_named(sweep):
-    assert agg.unfinished_runs([sweep]) == [sweep / "cond" / "12"]
-    assert all(r["run_dir"] != str(sweep / "cond" / "12") for r in agg.collect_runs([sweep]))
+    assert rec.unfinished_runs([sweep]) == [sweep / "cond" / "12"]
+    assert all(r["run_dir"] != str(sweep / "cond" / "12") for r in rec.collect_runs([sweep]))
 
 
 def test_identical_copies_count_once(sweep, tmp_path):
@@ -132,20 +143,20 @@ def test_identical_copies_count_once(sweep, tmp_path):
     copy = tmp_path / "digits_strategies" / "artifacts" / "samples" / "x"
     copy.mkdir(parents=True)
     (copy / "sampling.json").write_bytes((sweep / "cond" / "0" / "sampling.json").read_bytes())
-    assert len(agg.collect_runs([sweep])) == 14
+    assert len(rec.collect_runs([sweep])) == 14
 
 
 def test_repeated_runs(sweep, tmp_path):
-    assert agg.repeated_runs(agg.collect_runs([sweep])) == []
+    assert rec.repeated_runs(rec.collect_runs([sweep])) == []
     again = sweep / "rerun" / "0"  # the same config sampled again: same out_dir, other config
     data = json.loads((sweep / "cond" / "1" / "sampling.json").read_text())
     data["config"]["task_name"] = "rerun"
     write_run(again, data)
-    assert agg.repeated_runs(agg.collect_runs([sweep])) == [[str(sweep / "cond" / "1"), str(again)]]
+    assert rec.repeated_runs(rec.collect_runs([sweep])) == [[str(sweep / "cond" / "1"), str(again)]]
 
 
 def test_summarize_statistics(sweep):
-    summary = agg.summarize(agg.collect_runs([sweep]), ROWS, METRICS)
+    summary = summ.summarize(rec.collect_runs([sweep]), ROWS, METRICS)
     assert len(summary) == 5
     vanilla1 = by_key(summary, "vanilla", 1.0)
     assert vanilla1["n"] == 3 and vanilla1["seeds"] == [0, 1, 2]
@@ -171,12 +182,12 @@ def test_summarize_statistics(sweep):
 
 
 def test_summarize_order_and_grouping_keys(sweep):
-    summary = agg.summarize(agg.collect_runs([sweep]), ROWS, METRICS)
+    summary = summ.summarize(rec.collect_runs([sweep]), ROWS, METRICS)
     order = [(e["guidance.name"], e["guidance.scale"]) for e in summary]
     assert order == [("none", 0.0), ("vanilla", 1.0), ("vanilla", 2.0), ("js", 1.0), ("js", 2.0)]
     assert list(summary[0])[: len(ROWS) + 1] == [*ROWS, "n"]
     # fewer row keys: the scales are pooled
-    pooled = agg.summarize(agg.collect_runs([sweep]), ["guidance.name"], ["fid"])
+    pooled = summ.summarize(rec.collect_runs([sweep]), ["guidance.name"], ["fid"])
     assert [(e["guidance.name"], e["n"]) for e in pooled] == [
         ("none", 2),
         ("vanilla", 6),
@@ -187,31 +198,31 @@ def test_summarize_order_and_grouping_keys(sweep):
 
 
 def test_summarize_single_run_has_no_std(sweep):
-    one = [r for r in agg.collect_runs([sweep]) if r["seed"] == 0]
-    summary = agg.summarize(one, ROWS, ["fid"])
+    one = [r for r in rec.collect_runs([sweep]) if r["seed"] == 0]
+    summary = summ.summarize(one, ROWS, ["fid"])
     assert all(e["n"] == 1 and e["fid_std"] is None for e in summary)
-    assert "±" not in agg.metric_cell(summary[1], "fid")
+    assert "±" not in render.metric_cell(summary[1], "fid")
 
 
 def test_numeric_strings_sort_numerically():
     records = [{"diffusion.respacing": v, "fid": 1.0} for v in ("250", "1000", "50")]
-    summary = agg.summarize(records, ["diffusion.respacing"], ["fid"])
+    summary = summ.summarize(records, ["diffusion.respacing"], ["fid"])
     assert [e["diffusion.respacing"] for e in summary] == ["50", "250", "1000"]
 
 
 def test_unknown_row_key_is_an_error(sweep):
-    with pytest.raises(agg.AggregateError, match=r"guidance\.scal.*guidance\.scale"):
-        agg.summarize(agg.collect_runs([sweep]), ["guidance.scal"], ["fid"])
+    with pytest.raises(rec.AggregateError, match=r"guidance\.scal.*guidance\.scale"):
+        summ.summarize(rec.collect_runs([sweep]), ["guidance.scal"], ["fid"])
 
 
 def test_markdown_table_cells_and_published_column(sweep):
-    summary = agg.summarize(agg.collect_runs([sweep]), ROWS, METRICS)
+    summary = summ.summarize(rec.collect_runs([sweep]), ROWS, METRICS)
     published = [
         {"match": {"guidance.name": "js", "classifier.name": "resnet101", "guidance.scale": 2},
          "fid": 2.13, "source": "paper A"},
         {"match": {"guidance.name": "tv"}, "fid": 9.99, "source": "paper B"},
     ]  # fmt: skip
-    text = agg.markdown_table(summary, ROWS, METRICS, published=published, title="strategies")
+    text = render.markdown_table(summary, ROWS, METRICS, published=published, title="strategies")
     lines = text.splitlines()
     assert lines[0] == "### strategies"
     header = lines[2]
@@ -233,21 +244,21 @@ def test_markdown_table_cells_and_published_column(sweep):
 
 
 def test_markdown_table_leaves_out_empty_metrics_and_published(sweep):
-    records = agg.collect_runs([sweep])
+    records = rec.collect_runs([sweep])
     for r in records:
         r["precision"] = None
-    summary = agg.summarize(records, ROWS, METRICS)
-    text = agg.markdown_table(summary, ROWS, METRICS)
+    summary = summ.summarize(records, ROWS, METRICS)
+    text = render.markdown_table(summary, ROWS, METRICS)
     header = text.splitlines()[0]
     assert "precision" not in header and "FID" in header and "recall" in header
     assert "published" not in text.lower()
 
 
 def test_published_yaml_matches_by_config_values():
-    main = agg.load_published(agg.DEFAULT_PUBLISHED, "imagenet128_main")
-    sampling = agg.load_published(agg.DEFAULT_PUBLISHED, "imagenet128_sampling")
-    calibration = agg.load_published(agg.DEFAULT_PUBLISHED, "imagenet128_calibration")
-    assert agg.load_published(agg.DEFAULT_PUBLISHED, "digits_strategies") == []
+    main = summ.load_published(summ.DEFAULT_PUBLISHED, "imagenet128_main")
+    sampling = summ.load_published(summ.DEFAULT_PUBLISHED, "imagenet128_sampling")
+    calibration = summ.load_published(summ.DEFAULT_PUBLISHED, "imagenet128_calibration")
+    assert summ.load_published(summ.DEFAULT_PUBLISHED, "digits_strategies") == []
 
     def row(**values):
         entry = dict.fromkeys([*ROWS, "experiment.row"])
@@ -255,43 +266,45 @@ def test_published_yaml_matches_by_config_values():
         return entry
 
     admg = row(guidance__name="vanilla", classifier__name="adm_noisy128", guidance__scale=0.5)
-    assert (lambda e: (e["fid"], e["precision"], e["recall"]))(agg.match_published(admg, main)) == (
+    assert (lambda e: (e["fid"], e["precision"], e["recall"]))(
+        summ.match_published(admg, main)
+    ) == (
         2.97,
         0.78,
         0.59,
     )
     admg["guidance.scale"] = 1.0
-    assert agg.match_published(admg, main) is None
+    assert summ.match_published(admg, main) is None
     elucd = row(guidance__name="vanilla", classifier__name="resnet101", guidance__scale=1.0)
-    assert agg.match_published(elucd, main)["fid"] == 2.19
+    assert summ.match_published(elucd, main)["fid"] == 2.19
     elucd["classifier.name"] = "resnet50"
-    assert agg.match_published(elucd, main)["fid"] == 2.37
-    assert agg.match_published(elucd, sampling)["fid"] == 5.34
+    assert summ.match_published(elucd, main)["fid"] == 2.37
+    assert summ.match_published(elucd, sampling)["fid"] == 5.34
     published = {"fkl": 2.17, "rkl": 2.14, "js": 2.13}
     for name, fid in published.items():
-        entry = agg.match_published(row(guidance__name=name, classifier__name="resnet101"), main)
+        entry = summ.match_published(row(guidance__name=name, classifier__name="resnet101"), main)
         assert entry["fid"] == fid and "2511.05844" in entry["source"]
-    hellinger = agg.match_published(
+    hellinger = summ.match_published(
         row(guidance__name="hellinger", classifier__name="resnet101"), main
     )
     assert (hellinger["precision"], hellinger["recall"]) == (0.80, 0.58) and "fid" not in hellinger
-    tilted = agg.match_published(
+    tilted = summ.match_published(
         row(guidance__name="tilted", classifier__name="resnet50"), sampling
     )
     assert tilted["fid"] == 5.28 and "t = −0.2" in tilted["source"]
     smece = row(experiment__row="ADM-G, fine-tuned (CE + Smooth ECE)")
-    assert agg.match_published(smece, calibration)["fid"] == 5.94
+    assert summ.match_published(smece, calibration)["fid"] == 5.94
     assert (
-        agg.match_published(row(guidance__name="js", classifier__name="resnet101"), sampling)
+        summ.match_published(row(guidance__name="js", classifier__name="resnet101"), sampling)
         is None
     )
 
 
 def test_csv_files(sweep, tmp_path):
-    records = agg.collect_runs([sweep])
-    summary = agg.summarize(records, ROWS, METRICS)
-    agg.to_csv(summary, tmp_path / "table.csv")
-    agg.runs_csv(records, tmp_path / "runs.csv")
+    records = rec.collect_runs([sweep])
+    summary = summ.summarize(records, ROWS, METRICS)
+    render.to_csv(summary, tmp_path / "table.csv")
+    render.runs_csv(records, tmp_path / "runs.csv")
     with open(tmp_path / "table.csv") as handle:
         table = list(csv.DictReader(handle))
     assert len(table) == 5
@@ -316,9 +329,9 @@ def test_csv_files(sweep, tmp_path):
 
 
 def test_plots_are_png(sweep, tmp_path):
-    summary = agg.summarize(agg.collect_runs([sweep]), ROWS, METRICS)
-    fid = agg.plot_fid_vs_scale(summary, tmp_path / "plots" / "fid.png", title="t")
-    pr = agg.plot_precision_recall(summary, tmp_path / "plots" / "pr.png")
+    summary = summ.summarize(rec.collect_runs([sweep]), ROWS, METRICS)
+    fid = plots.plot_fid_vs_scale(summary, tmp_path / "plots" / "fid.png", title="t")
+    pr = plots.plot_precision_recall(summary, tmp_path / "plots" / "pr.png")
     for path in (fid, pr):
         assert path is not None and path.read_bytes()[:8] == PNG_MAGIC
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["fid.png", "pr.png"]
@@ -330,29 +343,29 @@ def test_plots_skipped_without_metrics(tmp_path):
         for g in ("vanilla", "js")
         for s in (1.0, 2.0)
     ]
-    summary = agg.summarize(records, ["guidance.name", "guidance.scale"], ["fid", "precision"])
-    assert agg.plot_fid_vs_scale(summary, tmp_path / "fid.png") is None
-    assert agg.plot_precision_recall(summary, tmp_path / "pr.png") is None
+    summary = summ.summarize(records, ["guidance.name", "guidance.scale"], ["fid", "precision"])
+    assert plots.plot_fid_vs_scale(summary, tmp_path / "fid.png") is None
+    assert plots.plot_precision_recall(summary, tmp_path / "pr.png") is None
     # FID but no scale among the row keys: nothing to put on the x axis
     for r in records:
         r["fid"] = 3.0
-    pooled = agg.summarize(records, ["guidance.name"], ["fid"])
-    assert agg.plot_fid_vs_scale(pooled, tmp_path / "fid.png") is None
+    pooled = summ.summarize(records, ["guidance.name"], ["fid"])
+    assert plots.plot_fid_vs_scale(pooled, tmp_path / "fid.png") is None
     assert list(tmp_path.iterdir()) == []
 
 
 def test_empty_folder_is_an_error(tmp_path):
     empty = tmp_path / "nothing_here"
     (empty / "0" / ".hydra").mkdir(parents=True)
-    with pytest.raises(agg.AggregateError, match="no sampling.json") as err:
-        agg.collect_runs([empty])
+    with pytest.raises(rec.AggregateError, match="no sampling.json") as err:
+        rec.collect_runs([empty])
     assert str(empty) in str(err.value) and "1 unfinished" in str(err.value)
 
 
 def test_malformed_json_names_the_file(tmp_path):
     write_run(tmp_path / "0", '{"samples": "x", ')
-    with pytest.raises(agg.AggregateError, match="cannot read as JSON") as err:
-        agg.collect_runs([tmp_path])
+    with pytest.raises(rec.AggregateError, match="cannot read as JSON") as err:
+        rec.collect_runs([tmp_path])
     assert str(tmp_path / "0" / "sampling.json") in str(err.value)
 
 
@@ -365,7 +378,7 @@ def test_main_end_to_end(sweep, tmp_path, capsys):
         "other:\n  - match: {guidance.name: js}\n    fid: 1.0\n    source: not this one\n"
     )
     out = tmp_path / "out"
-    code = agg.main(
+    code = aggregate.main(
         [
             str(sweep / "cond"),
             str(sweep / "uncond"),
@@ -395,7 +408,7 @@ def test_main_end_to_end(sweep, tmp_path, capsys):
 
 
 def test_main_options_and_errors(sweep, tmp_path, capsys):
-    code = agg.main(
+    code = aggregate.main(
         [str(sweep), "--rows", "guidance.name", "--metrics", "fid,density", "--title", "T"]
     )
     assert code == 0
@@ -409,7 +422,7 @@ def test_main_options_and_errors(sweep, tmp_path, capsys):
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert agg.main([str(empty)]) == 2
+    assert aggregate.main([str(empty)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("aggregate: error: no sampling.json found below") and str(empty) in err
     assert len(err.splitlines()) == 1

@@ -28,16 +28,18 @@ LAYERS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             "calguide.guidance",
             "calguide.calibration",
             "calguide.metrics",
-            "calguide.sampling",
+            "calguide.samples",
             "calguide.lab",
             "calguide.stats",
+            "calguide.verdicts",
+            "calguide.tables",
         ),
     ),
     (2, "Lightning modules and callbacks", ("calguide.modules",)),
     (3, "schemas", ("calguide.config",)),
-    (4, "assembly", ("calguide.assembly", "calguide.plugins", "calguide.requirements")),
-    (5, "jobs", ("calguide.jobs",)),
-    (6, "commands", ("calguide.commands", "calguide.tools")),
+    (4, "assembly", ("calguide.assembly",)),
+    (5, "jobs", ("calguide.jobs", "calguide.perf")),
+    (6, "commands", ("calguide.commands",)),
 )
 CONFIG_LIBRARIES = ("hydra", "omegaconf")
 
@@ -146,15 +148,15 @@ def test_folders_import_one_way() -> None:
 def test_a_folder_straddling_layers_fails_the_check(tmp_path) -> None:
     """A layer-5 job left inside a layer-1 folder (the old sampling/job.py) is reported."""
     files = dict(module_files())
-    files["calguide.sampling.job"] = PACKAGE / "jobs" / "sample.py"
+    files["calguide.samples.job"] = PACKAGE / "jobs" / "sample.py"
     global LAYERS
     saved = LAYERS
-    LAYERS = (*LAYERS, (5, "jobs", ("calguide.sampling.job",)))
+    LAYERS = (*LAYERS, (5, "jobs", ("calguide.samples.job",)))
     try:
         layers = folder_layers(files)
     finally:
         LAYERS = saved
-    assert layers["calguide.sampling"] == {1, 5}
+    assert layers["calguide.samples"] == {1, 5}
 
 
 def test_core_folders_import_one_way() -> None:
@@ -187,7 +189,7 @@ def test_the_check_catches_a_violation(tmp_path) -> None:
     """A core module importing the assembly is reported (what a regression would look like)."""
     bad = tmp_path / "bad.py"
     bad.write_text("from calguide.assembly import sampling_setup\nimport omegaconf\n")
-    files = {"calguide.diffusion.bad": bad, "calguide.assembly": PACKAGE / "assembly.py"}
+    files = {"calguide.diffusion.bad": bad, "calguide.assembly": PACKAGE / "assembly/__init__.py"}
     assert violations(files) == [
         "calguide.diffusion.bad (math and models) imports calguide.assembly (assembly)",
         "calguide.diffusion.bad (math and models) imports omegaconf: the core reads no config",

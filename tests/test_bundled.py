@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import calguide.bundled as bundled
-from calguide.config import checked
+from calguide.config import check
 from calguide.errors import CheckpointError
 from calguide.nets.checkpoint import read_weights_file
 
@@ -44,18 +44,18 @@ def test_classifiers_reached_their_recorded_heldout_accuracy() -> None:
 
 def test_digits_configs_use_the_bundled_files_unless_trained_ones_exist(compose_config, tmp_path):
     cfg = compose_config("sample", ["classifier=digits_resnet"])
-    run = checked(cfg)
+    run = check(cfg)
     root = bundled.bundled_dir()
     assert Path(run.denoiser.checkpoint) == root / "digits/unet_tiny.pt"
     assert Path(run.classifier.checkpoint) == root / "digits/digits_resnet-clean-ce-s0.pt"
     assert Path(run.metrics.evaluator) == root / "digits/digits_eval-clean-ce-s1.pt"
-    uncond = checked(compose_config("sample", ["denoiser=unet_tiny_uncond"]))
+    uncond = check(compose_config("sample", ["denoiser=unet_tiny_uncond"]))
     assert Path(uncond.denoiser.checkpoint) == root / "digits/unet_tiny_uncond.pt"
     # Your own trained file at the standard place takes over.
     own = tmp_path / "artifacts" / "digits" / "unet_tiny" / "denoiser.pt"
     own.parent.mkdir(parents=True)
     shutil.copyfile(root / "digits/unet_tiny.pt", own)
-    assert checked(compose_config("sample", [])).denoiser.checkpoint == str(own)
+    assert check(compose_config("sample", [])).denoiser.checkpoint == str(own)
 
 
 def test_every_bundled_model_loads() -> None:

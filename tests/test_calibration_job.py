@@ -13,6 +13,7 @@ from tiny import TINY_ADM_CLASSIFIER_FLAGS, tiny_denoiser_module
 from calguide.calibration.metrics import classification_metrics, fit_temperature, timestep_buckets
 from calguide.calibration.report import calibration_table, named_buckets
 from calguide.commands.calibrate import main as calibrate_main
+from calguide.config import check
 from calguide.diffusion import GaussianDiffusion
 from calguide.modules.classifier import ClassifierModule
 from calguide.modules.denoiser import export_denoiser
@@ -117,7 +118,7 @@ def test_classifier_files_round_trip_and_published_layout(tmp_path):
         load_classifier(tmp_path / "nothing.pth", arch="resnet18")
 
 
-def test_calibrate_end_to_end_train_then_finetune(compose_config, tmp_path):
+def test_calibrate_end_to_end_train_then_finetune(compose_config, tmp_path, capsys):
     # 1. Train the off-the-shelf classifier from scratch on clean digits.
     cfg = compose_config(
         "calibrate",
@@ -130,7 +131,7 @@ def test_calibrate_end_to_end_train_then_finetune(compose_config, tmp_path):
             "trainer.max_steps=4",
         ],
     )
-    record = calibrate_main.task(cfg)
+    record = calibrate_main.task(check(cfg))
     base = Path(cfg.output)
     assert base.is_file() and record["before"] is None and "clean" in record["after"]
 
@@ -148,9 +149,20 @@ def test_calibrate_end_to_end_train_then_finetune(compose_config, tmp_path):
             "evaluation.buckets=3",
         ],
     )
-    record = calibrate_main.task(cfg)
+    capsys.readouterr()
+    record = calibrate_main.task(check(cfg))
     out_dir = Path(cfg.output).with_suffix("")
     assert set(record["after"]) == {"clean", "t000-332", "t333-666", "t667-999"}
+    # It says what it runs first, and keeps the same record (what ran, not the config read back).
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith(f"calguide-calibrate: digits_resnet (small_resnet) from {base.name}")
+    assert "smece: CE + 1·smooth_ece (form=binned, beta=0.0001, bins=15)" in first
+    assert "inputs x0 from denoiser.pt, t in [0, 999]" in first and "3 steps at lr" in first
+    run = record["run"]
+    assert run["optim"]["max_steps"] == 3 and record["steps"] == 3  # configured = ran
+    assert run["inputs"]["denoiser"]["sha256"] and run["compute"]["device"] == "cpu"
+    saved = json.loads((out_dir / "calibration.json").read_text())
+    assert saved["run"] == run
     assert record["before"]["clean"]["acc"] == pytest.approx(
         json.loads((base.with_suffix("") / "calibration.json").read_text())["after"]["clean"]["acc"]
     )
@@ -173,7 +185,7 @@ def test_calibrate_end_to_end_train_then_finetune(compose_config, tmp_path):
             "evaluation.buckets=2",
         ],
     )
-    record = calibrate_main.task(cfg)
+    record = calibrate_main.task(check(cfg))
     assert record["temperature"] > 0 and record["steps"] == 0
 
 
@@ -182,4 +194,4 @@ def test_calibrate_missing_denoiser_is_one_clear_error(compose_config, tmp_path)
         "calibrate", [*TINY_DATA, "init=null", f"inputs.denoiser={tmp_path}/none.pt"]
     )
     with pytest.raises(FileNotFoundError, match=r"inputs.denoiser: no denoiser at .*none.pt"):
-        calibrate_main.task(cfg)
+        calibrate_main.task(check(cfg))

@@ -15,7 +15,9 @@ from calguide.calibration.losses import (
     huber_smooth_ece,
     huber_smooth_ece_from_logits,
 )
-from calguide.config import ConfigError, conf_dir, validate, validated
+from calguide.config import ConfigError, check, conf_dir
+from calguide.config.base import section
+from calguide.config.calibrate import CalibrationConfig
 from calguide.diffusion import GaussianDiffusion
 from calguide.modules.classifier import ClassifierModule
 from calguide.nets.classifiers import build_classifier
@@ -146,15 +148,17 @@ def calibration_cfg(**section):
 
 @pytest.mark.parametrize("option", ["ce", "smece", "kernel_smece", "temperature"])
 def test_calibration_options_validate(option):
-    section = OmegaConf.load(conf_dir() / "calibration" / f"{option}.yaml")
-    checked = validated(OmegaConf.create({"calibration": section}), "calibration")
+    option_file = OmegaConf.load(conf_dir() / "calibration" / f"{option}.yaml")
+    checked = section(
+        OmegaConf.create({"calibration": option_file}), "calibration", CalibrationConfig
+    )
     assert checked.name == option
     expected = {"ce": "ce", "smece": "smooth_ece", "kernel_smece": "kernel_smece"}
     assert checked.loss == expected.get(option, "ce")
 
 
 @pytest.mark.parametrize(
-    ("section", "message"),
+    ("values", "message"),
     [
         ({"loss": "focal"}, "calibration.loss='focal': must be one of"),
         ({"loss": "smooth_ece", "weight": -1.0}, "calibration.weight=-1.0"),
@@ -167,9 +171,9 @@ def test_calibration_options_validate(option):
         ({"sigma": 2.0}, "calibration.sigma=2.0"),
     ],
 )
-def test_bad_calibration_config_is_one_line_naming_the_key(section, message):
+def test_bad_calibration_config_is_one_line_naming_the_key(values, message):
     with pytest.raises(ConfigError) as info:
-        validated(calibration_cfg(**section), "calibration")
+        section(calibration_cfg(**values), "calibration", CalibrationConfig)
     assert message in str(info.value)
     assert "\n" not in str(info.value)
 
@@ -240,6 +244,6 @@ def test_module_rejects_bad_loss_knobs(knobs, key):
 def test_old_key_in_a_composed_run_names_the_new_key(compose_config):
     cfg = compose_config("calibrate", ["calibration=smece", "+calibration.smece_weight=1.0"])
     with pytest.raises(ConfigError, match=r"^calibration.smece_weight: .*was renamed: use "):
-        validate(cfg)
+        check(cfg)
     for option in ("smece", "kernel_smece"):
-        validate(compose_config("calibrate", [f"calibration={option}"]))
+        check(compose_config("calibrate", [f"calibration={option}"]))

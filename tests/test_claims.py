@@ -10,10 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from calguide.commands import aggregate
+from calguide.commands.aggregate import verdict_block
 from calguide.metrics.fid import FeatureStats
 from calguide.metrics.per_sample import write_eval_features
-from calguide.tools import aggregate as agg
-from calguide.tools.claims import NOT_JUDGED, Settings, clear_caches, judge, verdict_block
+from calguide.tables import records as run_records
+from calguide.tables import summary as summ
+from calguide.verdicts import NOT_JUDGED, Settings, clear_caches, judge
 
 D = 3
 MIX = torch.tensor([[1.0, 0.3, 0.0], [0.0, 0.8, 0.2], [0.1, 0.0, 0.6]])
@@ -170,8 +173,7 @@ def test_aggregate_prints_intervals_and_verdicts(tmp_path, reference_file, capsy
         rec = run_record(tmp_path, name, 0, x, reference_file)
         data = {
             "num_samples": 240,
-            "seed": 0,
-            "guidance": name,
+            "run": {"guidance": {"name": name, "scale": 1.0}, "seed": 0, "samples": 240},
             "eval_features": rec["eval_features"],
             "metrics": {"fid": 1.0, "num_samples": 240},
             "config": {
@@ -185,18 +187,19 @@ def test_aggregate_prints_intervals_and_verdicts(tmp_path, reference_file, capsy
         }
         (root / str(job) / ".hydra").mkdir(parents=True)
         (root / str(job) / "sampling.json").write_text(json.dumps(data))
-    assert agg.main([str(root), "--rows", "guidance.name", "--metrics", "fid,kid"]) == 0
+    assert aggregate.main([str(root), "--rows", "guidance.name", "--metrics", "fid,kid"]) == 0
     text = (root / "table.md").read_text()
     assert "**Intervals**" in text and "6 jackknife" in text
     assert "- js beats none: **supported**" in text
     saved = json.loads((root / "claims.json").read_text())
     assert saved[0]["units"] == 6 and saved[0]["verdict"] == "supported"
     row = {
-        r["guidance.name"]: r for r in agg.summarize(agg.collect_runs([root]), ["guidance.name"])
+        r["guidance.name"]: r
+        for r in summ.summarize(run_records.collect_runs([root]), ["guidance.name"])
     }
     assert statistics.fmean([1.0]) == row["js"]["fid_mean"]
     # --block-size on the command line wins over the recorded setting.
-    assert agg.main([str(root), "--rows", "guidance.name", "--block-size", "60"]) == 0
+    assert aggregate.main([str(root), "--rows", "guidance.name", "--block-size", "60"]) == 0
     assert json.loads((root / "claims.json").read_text())[0]["units"] == 4
     capsys.readouterr()
 

@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from calguide.commands.cli import check_group_overrides, config_groups, split_overrides
-from calguide.config import ConfigError, conf_dir, validate, validated
+from calguide.config import ConfigError, check, conf_dir
 from calguide.nets import create_unet
 
 GROUPS = {"data", "denoiser", "diffusion", "trainer", "logger", "paths", "hydra"}
@@ -31,7 +31,7 @@ def test_train_config_composes_and_validates(compose_config, data, denoiser, dif
     cfg = compose_config(
         "train", [f"data={data}", f"denoiser={denoiser}", f"diffusion={diffusion}"]
     )
-    validate(cfg)
+    check(cfg)
     flags = OmegaConf.to_container(cfg.denoiser.flags, resolve=True)
     assert flags["image_size"] == cfg.data.image_size
     assert flags["class_cond"] is (denoiser == "unet_tiny")
@@ -41,7 +41,7 @@ def test_train_config_composes_and_validates(compose_config, data, denoiser, dif
 @pytest.mark.parametrize("logger", options("logger"))
 def test_trainer_and_logger_options_compose(compose_config, trainer, logger):
     cfg = compose_config("train", [f"trainer={trainer}", f"logger={logger}"])
-    validate(cfg)
+    check(cfg)
     assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
     for spec in cfg.logger.values():
         assert "_target_" in spec
@@ -79,16 +79,17 @@ def test_adm128_denoiser_flags_build_the_official_layout(compose_config):
 def test_bad_values_give_one_line_naming_the_key(compose_config, override, message):
     cfg = compose_config("train", [override])
     with pytest.raises(ConfigError) as info:
-        validate(cfg)
+        check(cfg)
     text = str(info.value)
     assert message in text
     assert "\n" not in text
 
 
-def test_validated_returns_typed_schema(compose_config):
-    cfg = compose_config("train", ["diffusion=ddim"])
-    diffusion = validated(cfg, "diffusion")
-    assert diffusion.sampler == "ddim" and diffusion.respacing == "ddim50"
+def test_check_returns_the_commands_typed_spec(compose_config):
+    spec = check(compose_config("train", ["diffusion=ddim"]))
+    assert spec.diffusion.sampler == "ddim" and spec.diffusion.respacing == "ddim50"
+    assert spec.diffusion.sampler_params == {"eta": 0.0}
+    assert spec.trainer["max_steps"] == 2000 and spec.seed == 0
 
 
 def test_unknown_group_option_lists_allowed_values():

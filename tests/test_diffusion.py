@@ -11,6 +11,7 @@ import torch
 from calguide.diffusion import (
     GaussianDiffusion,
     beta_schedule,
+    build_sampler,
     ddim_step,
     ddpm_step,
     respace_betas,
@@ -251,9 +252,11 @@ def test_ddim_refuses_x0_space_guidance():
     guidance.space = "x0"
     x = torch.zeros(1, 1, 2, 2)
     with pytest.raises(ValueError, match="diffusion.sampler=ddim.*x0"):
-        ddim_step(d, x, x, torch.tensor([3]), x, guidance=guidance)
-    with pytest.raises(ValueError, match="diffusion.sampler=ddim"):
-        sample_loop(d, lambda x, t: x, x, sampler="ddim", guidance=guidance)
+        build_sampler("ddim").check(guidance)
+    calls = []
+    with pytest.raises(ValueError, match="diffusion.sampler=ddim"):  # before the first step
+        sample_loop(d, lambda x, t: calls.append(t) or x, x, sampler="ddim", guidance=guidance)
+    assert calls == []
 
 
 def test_non_finite_guidance_names_strategy_and_timestep():

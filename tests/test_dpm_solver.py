@@ -13,8 +13,8 @@ import torch
 from calguide.diffusion import GaussianDiffusion
 from calguide.diffusion.dpm_solver import dpmpp_update, half_logsnr
 from calguide.diffusion.samplers import DPMpp2M, build_sampler, sample_loop
-from calguide.diffusion.sampling import ddim_step
 from calguide.diffusion.schedules import beta_schedule, logsnr_timesteps, space_timesteps
+from calguide.diffusion.steps import ddim_step
 
 
 def chain(respacing: str) -> GaussianDiffusion:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from calguide import assembly
-from calguide.config import checked
+from calguide.config import check
 from calguide.diffusion import GaussianDiffusion, ddpm_step
 
 torchvision = pytest.importorskip("torchvision")
@@ -69,8 +69,11 @@ def test_elucd_row_equals_elucds_p_sample(compose_config, tmp_path) -> None:
     assert cfg.guidance.schedule_params.gamma == 0.3 and cfg.guidance.scale == 1.0
     assert cfg.classifier.normalize == "none" and cfg.classifier.input_size is None
     assert cfg.classifier.softplus_beta == 3.0
-    run = checked(cfg)
-    hook, _ = assembly.guidance(run.guidance, run.classifier, 1000)
+    run = check(cfg)
+    net, meta = assembly.classifier(run.classifier, run.classifier.checkpoint, "resnet50")
+    hook = assembly.guidance_of(
+        run.guidance, net, input_mode="x0", temperature=meta["temperature"], num_timesteps=1000
+    )
     assert hook.space == "x0" and hook.adds_variance
 
     diffusion = GaussianDiffusion.from_config(steps=1000, learn_sigma=True, respacing=str(N_STEPS))

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from calguide.assembly import run_group, run_tags
-from calguide.config import conf_dir, validate
-from calguide.requirements import check_required_files, required_files
-from calguide.tools import preflight
+from calguide.assembly.machine import run_group, run_tags
+from calguide.assembly.requirements import check_required_files, required_files
+from calguide.commands import preflight
+from calguide.config import check, conf_dir
 
 EXPERIMENTS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
 IMAGENET = [e for e in EXPERIMENTS if e.startswith("imagenet128")]
@@ -38,7 +38,7 @@ def test_every_sweep_point_composes_and_validates(compose_config, experiment):
         jobs = [[f"{k}={v[i % len(v)]}" for k, v in values.items()] for i in range(width)]
     for job in jobs:
         cfg = compose_config("sample", [f"experiment={experiment}", *job])
-        validate(cfg)
+        check(cfg)
         job_keys = [k for k in cfg if k != "hydra"]
         OmegaConf.to_container(OmegaConf.masked_copy(cfg, job_keys), resolve=True)
         for key in str(cfg.experiment.rows).split(","):
@@ -84,7 +84,7 @@ def test_imagenet_rows_use_published_weights_and_elucds_convention(compose_confi
         "sample",
         ["classifier=resnet101", "classifier.normalize=imagenet", "classifier.input_size=224"],
     )
-    validate(norm)
+    check(norm)
 
 
 def test_digits_tables_cover_both_denoisers_and_three_seeds(compose_config):
@@ -130,7 +130,7 @@ def test_imagenet_main_preflight_names_all_official_files(tmp_path, capsys):
 def test_preflight_passes_when_files_exist(compose_config, tmp_path, capsys):
     art = tmp_path / "artifacts"
     cfg = compose_config("sample", [f"paths.artifacts={art}", "experiment=digits_scale_sweep"])
-    for _, path in required_files(cfg):
+    for _, path in required_files(check(cfg)):
         if path.is_file():  # a bundled model: it exists already (and must not be overwritten)
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -152,7 +152,7 @@ def test_sampling_job_fails_first_with_the_whole_list(compose_config, tmp_path):
         ],
     )
     with pytest.raises(FileNotFoundError) as err:
-        check_required_files(cfg)
+        check_required_files(check(cfg))
     message = str(err.value)
     assert message.startswith("3 required file(s) missing")
     assert "denoiser.pt" in message and "digits_resnet-x0-smece-s0.pt" in message
@@ -161,15 +161,15 @@ def test_sampling_job_fails_first_with_the_whole_list(compose_config, tmp_path):
 
 def test_unguided_runs_need_no_classifier(compose_config):
     cfg = compose_config("sample", ["guidance=none", "metrics=none"])
-    assert [what for what, _ in required_files(cfg)] == [
+    assert [what for what, _ in required_files(check(cfg))] == [
         "denoiser 'unet_tiny' (denoiser.checkpoint)"
     ]
 
 
 def test_wandb_group_and_tags(compose_config):
-    cfg = compose_config("sample", ["experiment=digits_strategies", "guidance=js"])
-    assert run_group(cfg) == "digits_strategies"
-    tags = run_tags(cfg)
+    spec = check(compose_config("sample", ["experiment=digits_strategies", "guidance=js"]))
+    assert run_group(spec) == "digits_strategies"
+    tags = run_tags(spec)
     for tag in (
         "task:sample",
         "dataset:digits",
@@ -180,7 +180,7 @@ def test_wandb_group_and_tags(compose_config):
         "table:digits_strategies",
     ):
         assert tag in tags
-    plain = compose_config("sample", ["guidance=none"])
+    plain = check(compose_config("sample", ["guidance=none"]))
     assert run_group(plain) == "sample"
     assert not any(t.startswith(("classifier:", "divergence:")) for t in run_tags(plain))
 
@@ -191,12 +191,12 @@ def test_wandb_logger_gets_conventions_offline(compose_config, tmp_path, monkeyp
     from calguide.assembly import loggers
 
     cfg = compose_config("sample", ["logger=wandb", "experiment=digits_strategies", "guidance=js"])
-    cfg.paths.output_dir = str(tmp_path)
-    (logger,) = loggers(cfg)
+    (logger,) = loggers(check(cfg), {"sampler": "ddpm"})
     run = logger.experiment
     assert run.group == "digits_strategies"
     assert "divergence:js" in run.tags
     assert run.config["guidance"]["name"] == "js"
+    assert run.config["run"] == {"sampler": "ddpm"}  # the run's record of what it ran
     run.finish()
 
 

@@ -24,6 +24,7 @@ from test_sampling import sample_overrides, tiny_classifier, tiny_denoiser
 
 from calguide.commands.evaluate import main as eval_main
 from calguide.commands.sample import main as sample_main
+from calguide.config import check
 from calguide.errors import RunStateError
 from calguide.io import atomic_write_report, folder_lock
 from calguide.modules.denoiser import export_denoiser
@@ -233,7 +234,7 @@ def _run(compose_config, files, out: Path | None, *extra: str) -> dict:
     overrides = sample_overrides(files, out or Path("unused"), *extra)
     if out is None:
         overrides = [o for o in overrides if not o.startswith("sampling.out_dir=")]
-    return sample_main.task(compose_config("sample", overrides))
+    return sample_main.task(check(compose_config("sample", overrides)))
 
 
 def test_a_replaced_classifier_starts_a_new_run_and_a_moved_folder_does_not(
@@ -275,30 +276,16 @@ def test_a_fixed_out_dir_of_other_inputs_is_refused(compose_config, files, tmp_p
 @pytest.fixture(scope="module")
 def reference_run(files, tmp_path_factory) -> bytes:
     """``samples.npz`` of an uninterrupted guided run (what every fault must reproduce)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    from calguide.config import conf_dir
+    from calguide.config import compose_spec, release
 
     out = tmp_path_factory.mktemp("reference_run")
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        cfg = compose(
-            "sample",
-            [
-                *sample_overrides(files, out / "run", "guidance=js"),
-                f"paths.artifacts={out / 'artifacts'}",
-                f"paths.log_dir={out / 'logs'}",
-            ],
-            return_hydra_config=True,
-        )
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out / "hydra")
-    sample_main.task(cfg)
-    GlobalHydra.instance().clear()
+    overrides = [
+        *sample_overrides(files, out / "run", "guidance=js"),
+        f"paths.artifacts={out / 'artifacts'}",
+        f"paths.log_dir={out / 'logs'}",
+    ]
+    sample_main.task(compose_spec("sample", overrides, output_dir=out / "hydra"))
+    release()
     return (out / "run" / "samples.npz").read_bytes()
 
 
@@ -326,7 +313,7 @@ def test_a_truncated_shard_is_moved_aside_and_regenerated(
 def test_shards_that_do_not_fit_are_regenerated(
     compose_config, files, tmp_path, reference_run, fault
 ):
-    from calguide.sampling.writer import save_npz
+    from calguide.samples.writer import save_npz
 
     out = tmp_path / "run"
     _run(compose_config, files, out, "guidance=js")
@@ -349,7 +336,7 @@ def test_shards_that_do_not_fit_are_regenerated(
 def test_a_full_disk_while_writing_a_shard(
     compose_config, files, tmp_path, reference_run, monkeypatch, capsys
 ):
-    import calguide.sampling.writer as writer
+    import calguide.samples.writer as writer
 
     real, calls = writer.save_npz, []
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from calguide.diffusion.gaussian import GaussianDiffusion
 from calguide.diffusion.samplers import sample_loop
-from calguide.diffusion.sampling import ddpm_step
+from calguide.diffusion.steps import ddpm_step
 from calguide.guidance import (
     IMAGENET_MEAN,
     IMAGENET_STD,

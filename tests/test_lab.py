@@ -9,7 +9,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from calguide.config import ConfigError, lab_run_guidance, validated
+from calguide.config import ConfigError, check, compose, release
+from calguide.config.lab import lab_run_guidance
 from calguide.data.gmm import GaussianMixture, mixture_from_config
 from calguide.diffusion import GaussianDiffusion
 from calguide.jobs.lab import chains, run_lab, sample_run
@@ -23,19 +24,16 @@ from calguide.lab.evaluate import (
 from calguide.lab.plugins import ExactEpsModel, ExactPosterior
 from calguide.modules.sampling import SamplingModule
 from calguide.nets.classifiers import build_classifier
-from calguide.sampling.noise import BatchNoise
+from calguide.samples.noise import BatchNoise
 
 N = 10_000  # the issue's sample size for the sampler checks
 
 
 @pytest.fixture(scope="module")
 def lab_cfg():
-    from hydra import compose, initialize_config_dir
-
-    from calguide.config import conf_dir
-
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        return compose("lab", overrides=["paths.output_dir=unused", "paths.artifacts=unused"])
+    cfg = compose("lab", ["paths.artifacts=unused"], output_dir="unused")
+    release()
+    return cfg
 
 
 @pytest.fixture(scope="module")
@@ -315,20 +313,20 @@ def test_lab_config_errors_are_one_line(lab_cfg):
     OmegaConf.set_struct(cfg, False)
     cfg.lab.classifiers.bad = {"kind": "oracle"}
     with pytest.raises(ConfigError, match=r"lab.classifiers.bad.kind"):
-        validated(cfg, "lab")
+        check(cfg)
     cfg = lab_cfg.copy()
     OmegaConf.set_struct(cfg, False)
     cfg.lab.classifiers.mlp_smece = {"kind": "mlp", "smece_weight": 1.0}
     with pytest.raises(ConfigError, match=r"\['smece_weight'\]; allowed: .*calibration_weight"):
-        validated(cfg, "lab")
+        check(cfg)
     cfg = lab_cfg.copy()
     cfg.lab.runs = [{"guidance": "kl_typo", "scale": 1.0}]
     with pytest.raises(ConfigError, match=r"lab.runs\[0\].guidance='kl_typo'"):
-        validated(cfg, "lab")
+        check(cfg)
     cfg = lab_cfg.copy()
     cfg.lab.mixture.components[0].std = -1
     with pytest.raises(ConfigError, match=r"lab.mixture.components\[0\].std"):
-        validated(cfg, "lab")
+        check(cfg)
 
 
 def test_lab_runs_take_the_image_path_defaults(lab_cfg):
@@ -336,7 +334,7 @@ def test_lab_runs_take_the_image_path_defaults(lab_cfg):
     assert spec.name == "js" and spec.scale == 3.0 and spec.params["eps"] == 0.9
 
 
-def test_lab_job_end_to_end(compose_config, tmp_path):
+def test_lab_job_end_to_end(compose_config, tmp_path, capsys):
     cfg = compose_config(
         "lab",
         [
@@ -350,7 +348,13 @@ def test_lab_job_end_to_end(compose_config, tmp_path):
             "{guidance: js, scale: 3.0}]",
         ],
     )
-    record = run_lab(cfg)
+    record = run_lab(check(cfg))
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith(
+        "calguide-lab: ddpm, 20 of 1000 steps (respacing '20'), 20 network evaluations per "
+        "sample, x̂₀ unclipped · 3 runs × 4 classifiers (exact, overconfident, mlp_ce, mlp_smece)"
+    )
+    assert record["run"]["steps"] == 20 and record["run"]["clip_denoised"] is False
     out = tmp_path / "run"
     table = (out / "lab.md").read_text()
     # none once + 2 guided runs × 4 classifiers.
@@ -367,14 +371,12 @@ def test_lab_job_end_to_end(compose_config, tmp_path):
     assert record["rows"][0]["guidance"] == "none" and record["rows"][0]["grad_high"] is None
 
 
-def test_sample_run_uses_the_configured_chain(lab_cfg, mixture):
-    cfg = lab_cfg.copy()
-    cfg.diffusion.respacing = "10"
-    cfg.lab.num_samples = 30
-    base, chain = chains(cfg)
+def test_sample_run_uses_the_configured_chain(compose_spec, mixture):
+    spec = compose_spec("lab", ["diffusion.respacing=10", "lab.num_samples=30"])
+    base, chain = chains(spec)
     assert chain.num_timesteps == 10
     x, _, diag = sample_run(
-        cfg,
+        spec,
         mixture,
         base,
         chain,
@@ -382,3 +384,14 @@ def test_sample_run_uses_the_configured_chain(lab_cfg, mixture):
         lab_run_guidance(0, {"guidance": "vanilla", "scale": 1.0}),
     )
     assert x.shape == (30, 2) and len(diag) == 10
+
+
+@pytest.mark.parametrize("option", ["default", "dpmpp", "adm250"])
+def test_the_lab_refuses_to_clip_the_mixture_with_one_line(compose_config, option):
+    """The option's clip_denoised wins (it is what the user chose), and the lab says why it
+    cannot run that: the mixture lies outside [-1, 1]."""
+    cfg = compose_config("lab", [f"diffusion={option}"])
+    assert cfg.diffusion.clip_denoised is True
+    with pytest.raises(ConfigError, match=r"^diffusion.clip_denoised=true: the lab's mixture"):
+        check(cfg)
+    assert check(compose_config("lab", [f"diffusion={option}", "diffusion.clip_denoised=false"]))

@@ -320,7 +320,7 @@ def test_a_rank_without_samples_and_float16_storage(extractor, reference):
 
 def test_state_is_freed_after_predict(extractor, reference, tmp_path):
     cb, _ = _predict(extractor, reference, 16, tmp_path)
-    states = cb._states
+    states = cb.accumulator.states
     assert len(states["precision_recall"]) == 0 and states["fid"].count == 0
     assert states["class_acc"] == {"correct": 0, "labeled": 0} and cb.results["num_samples"] == 50
 

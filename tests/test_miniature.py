@@ -2,8 +2,8 @@
 reproduces committed numbers and verdicts: the same table on every machine, within a stated
 tolerance, and the same verdict words.
 
-The tolerance comes from a measurement (README, "The same verdicts everywhere"): every bundled
-weight multiplied by (1 + 1e-6·N(0,1)) (experiments/perturb_weights.py), a pessimistic
+The tolerance comes from a measurement (docs/make_run.md, "The same verdicts everywhere"):
+every bundled weight multiplied by (1 + 1e-6·N(0,1)) (experiments/perturb_weights.py), a pessimistic
 stand-in for another CPU's float arithmetic, moved each number by at most its
 ``measured_spread`` in ``tests/data/miniature_tiny_expected.json``; the test allows three times
 that, and never less than the file's per-metric ``floors`` (one sample of 80 for the shares).
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from calguide.tools.miniature import main as miniature_main
+from calguide.commands.miniature import main as miniature_main
 
 HERE = Path(__file__).resolve().parent
 EXPECTED = HERE / "data" / "miniature_tiny_expected.json"

@@ -15,6 +15,8 @@ from test_sampling import export_tiny_pair, sample_overrides
 from wandb_records import run_contents
 
 from calguide import assembly
+from calguide.assembly.machine import wandb_key_configured, wandb_mode
+from calguide.config import check
 from calguide.errors import ConfigError
 
 
@@ -83,18 +85,18 @@ def test_wandb_online_without_a_key_is_one_line(tmp_path, monkeypatch) -> None:
         monkeypatch.delenv(key)
     (tmp_path / "netrc").write_text("")
     monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
-    assert not assembly.wandb_key_configured()
+    assert not wandb_key_configured()
     monkeypatch.setenv("WANDB_MODE", "online")
     with pytest.raises(ConfigError, match="WANDB_MODE=online, but no W&B API key"):
-        assembly.wandb_mode(False, tmp_path)
+        wandb_mode(False, tmp_path)
     monkeypatch.setenv("WANDB_MODE", "sideways")
     with pytest.raises(ConfigError, match="WANDB_MODE='sideways'"):
-        assembly.wandb_mode(False, tmp_path)
+        wandb_mode(False, tmp_path)
     monkeypatch.delenv("WANDB_MODE")
     (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password abc123\n")
-    assert assembly.wandb_key_configured()
-    assert assembly.wandb_mode(False, tmp_path) == ("online", None)
-    assert assembly.wandb_mode(True, tmp_path) == ("offline", None)
+    assert wandb_key_configured()
+    assert wandb_mode(False, tmp_path) == ("online", None)
+    assert wandb_mode(True, tmp_path) == ("offline", None)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
@@ -110,12 +112,12 @@ def test_asking_for_a_gpu_on_a_cpu_machine_is_one_line(artifacts, tmp_path) -> N
 
 
 def test_more_gpus_than_the_machine_has(monkeypatch, compose_config) -> None:
-    monkeypatch.setattr(assembly, "gpu_available", lambda: True)
+    monkeypatch.setattr(assembly.machine, "gpu_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     cfg = compose_config("sample", ["trainer=gpu", "trainer.devices=4"])
     with pytest.raises(ConfigError, match=r"trainer.devices=4: this machine has 2 CUDA GPU\(s\)"):
-        assembly.check_machine(cfg)
-    assembly.check_machine(compose_config("sample", ["trainer=gpu", "trainer.devices=2"]))
+        assembly.check_machine(cfg.trainer)
+    assembly.check_machine(compose_config("sample", ["trainer=gpu", "trainer.devices=2"]).trainer)
 
 
 def test_adm_fp16_and_autocast_on_a_cpu_run_in_float32(
@@ -125,16 +127,17 @@ def test_adm_fp16_and_autocast_on_a_cpu_run_in_float32(
     cfg = compose_config(
         "sample", [*sample_overrides(artifacts, out), "sampling.precision=bf16", "trainer=cpu"]
     )
-    net = assembly.denoiser(assembly.checked(cfg).denoiser, artifacts["denoiser"])
+    net = assembly.denoiser(check(cfg).denoiser, artifacts["denoiser"])
     net.net.convert_to_fp16()
     fp16 = assembly.Denoiser(net.net, {**net.flags, "use_fp16": True}, net.diffusion)
     back = assembly.float32_off_gpu(fp16)
     assert back.flags["use_fp16"] is False
     assert all(p.dtype == torch.float32 for p in back.net.parameters())
     assert "runs in float32" in capsys.readouterr().out
-    setup = assembly.sampling_setup(cfg)
+    setup = assembly.sampling_setup(check(cfg))
     assert "sampling.precision=bf16 is a CUDA autocast" in capsys.readouterr().out
-    assert setup.module.precision == "bf16"
+    assert setup.module.precision == "32"  # built with what runs: the record says float32
+    assert setup.module.describe()["compute"]["precision"] == "32"
 
 
 def test_calibration_inputs_denoiser_with_adm_fp16_flags_runs_in_float32_on_a_cpu(
@@ -148,7 +151,7 @@ def test_calibration_inputs_denoiser_with_adm_fp16_flags_runs_in_float32_on_a_cp
     cfg = compose_config(
         "calibrate", ["data.image_size=8", f"inputs.denoiser={path}", "trainer=cpu"]
     )
-    net = assembly.inputs_denoiser(cfg)
+    net = assembly.inputs_denoiser(check(cfg))
     assert net is not None and net.flags["use_fp16"] is False
     assert all(p.dtype == torch.float32 for p in net.net.parameters())
     assert "runs in float32" in capsys.readouterr().out

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from calguide.commands.calibrate import main as calibrate_main
-from calguide.config import validate
+from calguide.config import check
 from calguide.data import (
     DatasetRequest,
     DatasetSplits,
@@ -108,8 +108,8 @@ def test_registered_dataset_runs_the_calibration_job(toy_dataset, compose_config
         ],
     )
     assert cfg.data.loader == toy_dataset and cfg.classifier.params.num_classes == NUM_CLASSES
-    validate(cfg)  # what the console script checks first: data.loader is a registered name
-    record = calibrate_main.task(cfg)
+    spec = check(cfg)  # what the console script checks first: data.loader is a registered name
+    record = calibrate_main.task(spec)
     output = Path(cfg.output)
     assert output.is_file() and f"/{toy_dataset}/classifiers/" in output.as_posix()
     assert record["steps"] == 4 and record["before"] is None

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from calguide.config import check
 from calguide.metrics import (
     BUILTIN_METRICS,
     ClassifierFeatureExtractor,
@@ -156,7 +157,7 @@ def test_plugin_metric_through_a_lightning_predict_loop(extractor, reference, tm
     assert results["fid"] == full.compute()["fid"] and results["num_samples"] == 40
     assert logger.logged == [{"fid": results["fid"], "feature_norm": results["feature_norm"]}]
     assert json.loads((tmp_path / "metrics.json").read_text()) == results
-    assert cb._states[TOY] == {"sum": 0.0, "count": 0}  # freed after predict
+    assert cb.accumulator.states[TOY] == {"sum": 0.0, "count": 0}  # freed after predict
 
 
 class _NoLogits:
@@ -327,9 +328,9 @@ def _evaluation_classifier(path: Path) -> Path:
 def test_plugin_metric_runs_in_the_eval_job(compose_config, tmp_path):
     """metrics.compute selects registry entries by name; plugins=[...] imports this module."""
     from calguide.commands.evaluate import main as eval_main
-    from calguide.config import ConfigError, validate
+    from calguide.config import ConfigError
+    from calguide.config.plugins import import_plugins
     from calguide.nets.classifiers import load_classifier
-    from calguide.plugins import import_plugins
 
     evaluator = _evaluation_classifier(tmp_path / "eval.pt")
     g = torch.Generator().manual_seed(5)
@@ -349,8 +350,8 @@ def test_plugin_metric_runs_in_the_eval_job(compose_config, tmp_path):
     cfg = compose_config("eval", common)
     assert list(cfg.metrics.compute) == ["fid", TOY]
     assert import_plugins(cfg) == [__name__]
-    validate(cfg)
-    results = eval_main.task(cfg)
+    check(cfg)
+    results = eval_main.task(check(cfg))
 
     assert list(results) == ["fid", "feature_norm", "num_samples", "extractor"]
     assert math.isfinite(results["fid"]) and results["num_samples"] == 24
@@ -362,4 +363,4 @@ def test_plugin_metric_runs_in_the_eval_job(compose_config, tmp_path):
 
     bad = compose_config("eval", [*common, "metrics.compute=[fid,no_such_metric]"])
     with pytest.raises(ConfigError, match="no_such_metric"):
-        validate(bad)
+        check(bad)

@@ -19,10 +19,11 @@ import pytest
 import torch
 
 from calguide.commands.sample import main as sample_main
+from calguide.config import check
 from calguide.diffusion import GaussianDiffusion, Sampler, register_sampler, sample_loop
 from calguide.diffusion.gaussian import extract
 from calguide.diffusion.samplers import sampler_names, unregister_sampler
-from calguide.diffusion.sampling import StepOutput, check_sampler_supports, condition_score
+from calguide.diffusion.steps import StepOutput, check_sampler_supports, condition_score
 
 TOY_CONF = Path(__file__).resolve().parent / "conf"  # holds diffusion/toy_plms.yaml
 
@@ -112,15 +113,13 @@ def test_registered_sampler_runs_through_calguide_sample(compose_config, tmp_pat
     ]
     cfg = compose_config("sample", [*overrides, f"sampling.out_dir={tmp_path / 'a'}"])
     assert cfg.diffusion.sampler == "toy_plms" and cfg.diffusion.sampler_params.order == 2
-    record = sample_main.task(cfg)
+    record = sample_main.task(check(cfg))
     with np.load(record["samples"]) as npz:
         images = npz["arr_0"]
     assert images.shape == (6, 8, 8, 1)
     # A knob the entry does not have is one line naming the ones it has.
     with pytest.raises(Exception, match=r"toy_plms.*no knob\(s\) \['steps'\].*\['order'\]"):
-        from calguide.config import validate
-
-        validate(compose_config("sample", [*overrides, "+diffusion.sampler_params.steps=3"]))
+        check(compose_config("sample", [*overrides, "+diffusion.sampler_params.steps=3"]))
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ import torch
 from tiny import tiny_denoiser_module
 
 from calguide.commands.sample import main as sample_main
+from calguide.config import check
 from calguide.diffusion import GaussianDiffusion
 from calguide.guidance import (
     GuidanceClassifier,
@@ -24,9 +25,9 @@ from calguide.guidance import (
 from calguide.modules.denoiser import DenoiserModule, export_denoiser
 from calguide.modules.sampling import SamplingModule
 from calguide.nets.classifiers import build_classifier, export_classifier
-from calguide.sampling.labels import LabelDataModule, chunk_ranges, sample_labels
-from calguide.sampling.noise import PerSampleNoise, sample_seed
-from calguide.sampling.writer import diagnostics_arrays, merge_shards, save_npz
+from calguide.samples.labels import LabelDataModule, chunk_ranges, sample_labels
+from calguide.samples.noise import PerSampleNoise, sample_seed
+from calguide.samples.writer import diagnostics_arrays, merge_shards, save_npz
 
 
 def tiny_denoiser(seed: int = 0) -> DenoiserModule:
@@ -252,7 +253,7 @@ def test_sample_job_writes_adm_npz_and_resumes(compose_config, artifacts, tmp_pa
         "sample",
         sample_overrides(artifacts, out, "guidance=js", *domain_metrics(artifacts, tmp_path)),
     )
-    record = sample_main.task(cfg)
+    record = sample_main.task(check(cfg))
     with np.load(out / "samples.npz") as npz:
         images, labels = npz["arr_0"], npz["arr_1"]
     assert images.shape == (10, 8, 8, 1) and images.dtype == np.uint8
@@ -274,7 +275,7 @@ def test_sample_job_writes_adm_npz_and_resumes(compose_config, artifacts, tmp_pa
     shards[1].unlink()
     (out / "shards" / ".00000004-00000007.npz.123.tmp").write_bytes(b"partial")
     (out / "samples.npz").unlink()
-    sample_main.task(cfg)
+    sample_main.task(check(cfg))
     with np.load(out / "samples.npz") as npz:
         np.testing.assert_array_equal(npz["arr_0"], images)
         np.testing.assert_array_equal(npz["arr_1"], labels)
@@ -293,7 +294,8 @@ def test_default_out_dir_is_keyed_by_config(compose_config, artifacts, tmp_path)
     from calguide.jobs.sample import output_dir as output_dir_of
 
     def output_dir(cfg, batch_dependent):
-        return output_dir_of(cfg, batch_dependent, input_identity(cfg))
+        spec = check(cfg)
+        return output_dir_of(spec, batch_dependent, input_identity(spec))
 
     base = sample_overrides(artifacts, tmp_path, "sampling.out_dir=null")
     a = output_dir(compose_config("sample", [*base, "guidance.scale=1"]), False)
@@ -306,13 +308,13 @@ def test_default_out_dir_is_keyed_by_config(compose_config, artifacts, tmp_path)
 
 
 def test_sample_config_validates_guidance(compose_config, artifacts, tmp_path):
-    from calguide.config import ConfigError, validate
+    from calguide.config import ConfigError, check
 
     cfg = compose_config(
         "sample", [*sample_overrides(artifacts, tmp_path), "+guidance.params.bogus=1"]
     )
     with pytest.raises(ConfigError, match="bogus"):
-        validate(cfg)
+        check(cfg)
 
 
 def run_sample_cli(args: list[str], env_extra: dict[str, str] | None = None):
@@ -366,7 +368,7 @@ def test_eval_entry_matches_the_sampling_metrics(compose_config, artifacts, tmp_
 
     out = tmp_path / "run"
     metrics = domain_metrics(artifacts, tmp_path)
-    sample_main.task(compose_config("sample", sample_overrides(artifacts, out, *metrics)))
+    sample_main.task(check(compose_config("sample", sample_overrides(artifacts, out, *metrics))))
     streamed = json.loads((out / "metrics.json").read_text())
     cfg = compose_config(
         "eval",
@@ -377,7 +379,7 @@ def test_eval_entry_matches_the_sampling_metrics(compose_config, artifacts, tmp_
             *metrics,
         ],
     )
-    results = eval_main.task(cfg)
+    results = eval_main.task(check(cfg))
     for key in ("fid", "precision", "recall", "class_acc"):
         assert results[key] == pytest.approx(streamed[key], rel=1e-4, abs=1e-6)
 
@@ -488,7 +490,7 @@ def test_the_few_step_solvers_carry_every_strategy_and_elucds_schedule(
         ),
     )  # fmt: skip
     assert cfg.diffusion.sampler.startswith("dpmpp_2m")
-    record = sample_main.task(cfg)
+    record = sample_main.task(check(cfg))
     with np.load(out / "samples.npz") as npz:
         images = npz["arr_0"]
     assert images.shape == (10, 8, 8, 1) and images.dtype == np.uint8

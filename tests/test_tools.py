@@ -13,13 +13,13 @@ import pytest
 import tomllib
 
 import calguide
-from calguide.tools import aggregate
+from calguide.tables import summary as summ
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = {
-    "calguide-aggregate": "calguide.tools.aggregate:main",
-    "calguide-preflight": "calguide.tools.preflight:main",
-    "calguide-calibration-report": "calguide.tools.calibration_report:main",
+    "calguide-aggregate": "calguide.commands.aggregate:main",
+    "calguide-preflight": "calguide.commands.preflight:main",
+    "calguide-calibration-report": "calguide.commands.calibration_report:main",
 }
 
 
@@ -56,24 +56,24 @@ def test_tool_runs_help_from_anywhere(name, tmp_path):
 
 def test_published_numbers_ship_with_the_package():
     package_dir = Path(calguide.__file__).resolve().parent
-    published = aggregate.DEFAULT_PUBLISHED.resolve()
-    assert published == package_dir / "tools" / "published.yaml"
+    published = summ.DEFAULT_PUBLISHED.resolve()
+    assert published == package_dir / "tables" / "published.yaml"
     assert published.is_file()
-    assert resources.files("calguide.tools").joinpath("published.yaml").is_file()
+    assert resources.files("calguide.tables").joinpath("published.yaml").is_file()
     assert {"imagenet128_calibration", "imagenet128_main", "imagenet128_sampling"} <= set(
-        aggregate.published_tables(published)
+        summ.published_tables(published)
     )
     # package data: the wheel carries it next to the module
     package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
         "package-data"
     ]
-    patterns = package_data.get("calguide.tools", [])
+    patterns = package_data.get("calguide.tables", [])
     assert any(fnmatch.fnmatch("published.yaml", p) for p in patterns), patterns
 
 
 def test_default_published_file_is_found_outside_the_checkout(tmp_path):
     code = (
-        "from calguide.tools import aggregate as a; "
+        "from calguide.tables import summary as a; "
         "print(a.DEFAULT_PUBLISHED.is_file(), a.DEFAULT_PUBLISHED.resolve())"
     )
     done = subprocess.run(
@@ -82,5 +82,5 @@ def test_default_published_file_is_found_outside_the_checkout(tmp_path):
     assert done.returncode == 0, done.stderr
     found, path = done.stdout.split(maxsplit=1)
     assert found == "True"
-    assert Path(path.strip()) == aggregate.DEFAULT_PUBLISHED.resolve()
+    assert Path(path.strip()) == summ.DEFAULT_PUBLISHED.resolve()
     assert "experiments" not in Path(path.strip()).parts

@@ -10,6 +10,7 @@ from PIL import Image
 from tiny import tiny_denoiser_module
 
 from calguide.commands.train import main as train_main
+from calguide.config import check
 from calguide.modules.denoiser import (
     DenoiserModule,
     ema_decay_at,
@@ -19,7 +20,7 @@ from calguide.modules.denoiser import (
     warmup_factor,
 )
 from calguide.nets import StateDictMismatchError, create_unet
-from calguide.sampling.grid import save_image_grid, tile, to_uint8
+from calguide.samples.grid import save_image_grid, tile, to_uint8
 
 TINY = [
     "data.image_size=8",
@@ -37,7 +38,7 @@ TINY = [
 
 def test_train_resume_export_and_grid(compose_config):
     cfg = compose_config("train", TINY)
-    train_main.task(cfg)
+    train_main.task(check(cfg))
     out = Path(cfg.out_dir)
     assert (out / "last.ckpt").is_file()
     net, meta = load_denoiser(out / "denoiser.pt")
@@ -49,7 +50,7 @@ def test_train_resume_export_and_grid(compose_config):
 
     # A rerun with a larger budget continues from last.ckpt instead of starting over.
     cfg = compose_config("train", [*TINY, "trainer.max_steps=5"])
-    train_main.task(cfg)
+    train_main.task(check(cfg))
     _, meta = load_denoiser(out / "denoiser.pt")
     assert meta["trained_steps"] == 5
 
@@ -67,7 +68,7 @@ def test_train_rejects_denoiser_not_matching_data(compose_config):
 
     cfg = compose_config("train", [*TINY, "denoiser.flags.image_size=16"])
     with pytest.raises((ConfigError, SystemExit)):
-        train_main.task(cfg)
+        train_main.task(check(cfg))
 
 
 def tiny_module(**flag_overrides) -> DenoiserModule:

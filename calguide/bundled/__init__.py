@@ -4,7 +4,7 @@ The class-conditional and unconditional tiny denoisers, the clean classifier tha
 starts from, the noise-aware classifier and the evaluation network live in ``digits/`` beside
 this file, each with an entry in ``manifest.json``: the command that made it, the calguide
 version and seed, its sha256 and the held-out metrics it reached (``make bundle`` rebuilds
-them; README "Bundled models"). Every load of a bundled file checks its hash, so a corrupt or
+them; docs/bundled_models.md). Every load of a bundled file checks its hash, so a corrupt or
 missing file is one line naming it.
 """
 

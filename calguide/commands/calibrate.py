@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
-
 from calguide.commands.cli import hydra_main
 from calguide.jobs.calibrate import run_calibration
 
-
-@hydra_main("calibrate")
-def main(cfg: DictConfig) -> dict:
-    """See conf/calibrate.yaml for the jobs and their knobs."""
-    return run_calibration(cfg)
+main = hydra_main("calibrate")(run_calibration)

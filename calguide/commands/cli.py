@@ -2,7 +2,8 @@
 
 A bad override must end in one readable line (exit status 2), not a stack trace, so the
 overrides are checked before Hydra starts: group options against the files under ``conf/``,
-and, for a single run, the composed config against the schemas.
+and, for a single run, the composed config against the schemas. Inside the job, the config
+Hydra composed is checked once into the command's typed spec, which is all the job sees.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from calguide.assembly import check_machine
-from calguide.config import ConfigError, conf_dir, renamed_hint, validate
-from calguide.errors import CalguideError
-from calguide.plugins import import_plugins
+from calguide.config import RunSpec, check, compose_spec, conf_dir, release
+from calguide.errors import CalguideError, ConfigError
 
 FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
 # A word on what a group's options mean, added to the error for an option that does not exist.
@@ -101,63 +101,12 @@ def check_group_overrides(overrides: Sequence[str], root: Path | Sequence[Path])
                 )
 
 
-def compose_checked(config_name: str, overrides: Sequence[str]) -> DictConfig:
-    """Compose like Hydra would (with the hydra node) and validate; ConfigError on failure."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    GlobalHydra.instance().clear()
+def compose_checked(config_name: str, overrides: Sequence[str]) -> RunSpec:
+    """Compose like Hydra would (with the hydra node) and check; ConfigError on failure."""
     try:
-        with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-            cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
-            HydraConfig().set_config(cfg)
-            import_plugins(cfg)
-            validate(cfg)
-    except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(explain_compose_error(err, config_name)) from None
+        return compose_spec(config_name, overrides)
     finally:
-        GlobalHydra.instance().clear()
-    return cfg
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-def explain_compose_error(err: BaseException, config_name: str) -> str:
-    """One line for a composition error; for an unknown key, the keys that do exist there."""
-    message = _first_line(err)
-    if err.__cause__ is not None:
-        message += f" ({_first_line(err.__cause__)})"
-    if message.startswith("Could not override '"):
-        key = message.split("'")[1]
-        message += renamed_hint(key)
-        parent = key.rsplit(".", 1)[0] if "." in key else ""
-        try:
-            known = sorted(k for k in available_keys(config_name, parent) if k != "hydra")
-        except Exception:
-            known = []
-        if known:
-            where = parent or "the top level"
-            message += f"; keys at {where}: {', '.join(known)} (use +{key}=... to add one)"
-    return message
-
-
-def available_keys(config_name: str, parent: str) -> list[str]:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        cfg = compose(config_name)
-    GlobalHydra.instance().clear()
-    node = OmegaConf.select(cfg, parent) if parent else cfg
-    return list(node.keys()) if isinstance(node, DictConfig) else []
+        release()
 
 
 def fail(message: str) -> None:
@@ -177,17 +126,17 @@ def drop_lightning_adverts() -> None:
         logger.addFilter(_DropAdverts())
 
 
-def hydra_main(config_name: str) -> Callable[[Callable[[DictConfig], object]], Callable[[], None]]:
-    """Decorator: turn ``task(cfg)`` into a console-script ``main()`` running under Hydra."""
+def hydra_main(config_name: str) -> Callable[[Callable[[RunSpec], object]], Callable[[], None]]:
+    """Decorator: turn ``task(spec)`` into a console-script ``main()`` running under Hydra; the
+    task gets the command's checked spec (:func:`calguide.config.check`), never the raw config."""
 
-    def decorate(task: Callable[[DictConfig], object]) -> Callable[[], None]:
+    def decorate(task: Callable[[RunSpec], object]) -> Callable[[], None]:
         def checked_task(cfg: DictConfig) -> object:
             drop_lightning_adverts()
             try:
-                import_plugins(cfg)
-                validate(cfg)  # the pre-flight's result when it checked this same config
-                check_machine(cfg)  # what the machine lacks (a GPU), before anything loads
-                return task(cfg)
+                spec = check(cfg)
+                check_machine(spec.trainer)  # what the machine lacks (a GPU), before any load
+                return task(spec)
             except (CalguideError, FileNotFoundError) as err:
                 # One line for what the user can fix; anything else is a bug: its traceback.
                 if os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -205,7 +154,7 @@ def hydra_main(config_name: str) -> Callable[[Callable[[DictConfig], object]], C
                 try:
                     check_group_overrides(overrides, search_roots(overrides))
                     if not multirun and "--cfg" not in argv and "-c" not in argv:
-                        check_machine(compose_checked(config_name, overrides))
+                        check_machine(compose_checked(config_name, overrides).trainer)
                 except ConfigError as err:
                     fail(str(err))
             runner = hydra.main(

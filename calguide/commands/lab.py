@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
-
 from calguide.commands.cli import hydra_main
 from calguide.jobs.lab import run_lab
 
-
-@hydra_main("lab")
-def main(cfg: DictConfig) -> dict:
-    """See conf/lab.yaml."""
-    return run_lab(cfg)
+main = hydra_main("lab")(run_lab)

@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
-
 from calguide.commands.cli import hydra_main
 from calguide.jobs.train import run_training
 
-
-@hydra_main("train")
-def main(cfg: DictConfig) -> None:
-    """Train (or resume) the denoiser, then export it and draw an unguided sample grid."""
-    run_training(cfg)
+main = hydra_main("train")(run_training)

@@ -4,11 +4,13 @@ from calguide.diffusion.gaussian import GaussianDiffusion, MeanVariance, extract
 from calguide.diffusion.samplers import (
     Sampler,
     build_sampler,
+    describe_chain,
     register_sampler,
     sample_loop,
     sampler_names,
 )
-from calguide.diffusion.sampling import (
+from calguide.diffusion.schedules import beta_schedule, respace_betas, space_timesteps
+from calguide.diffusion.steps import (
     GuidanceFn,
     StepOutput,
     check_sampler_supports,
@@ -16,7 +18,6 @@ from calguide.diffusion.sampling import (
     ddim_step,
     ddpm_step,
 )
-from calguide.diffusion.schedules import beta_schedule, respace_betas, space_timesteps
 
 __all__ = [
     "GaussianDiffusion",
@@ -30,6 +31,7 @@ __all__ = [
     "condition_score",
     "ddim_step",
     "ddpm_step",
+    "describe_chain",
     "extract",
     "register_sampler",
     "respace_betas",

@@ -2,14 +2,14 @@
 
 A sampler turns the network output at x_t into x_{t−1}. Each entry is a class registered under
 its config name (``diffusion.sampler``) whose dataclass fields are its knobs (from
-``diffusion.sampler_params``, plus ``diffusion.eta`` for DDIM). It owns whatever it carries from
+``diffusion.sampler_params``). It owns whatever it carries from
 one step to the next (``start`` returns the initial state, ``step`` the next one) and receives
-guidance through one contract, :class:`~calguide.diffusion.sampling.GuidanceFn`: a callable
+guidance through one contract, :class:`~calguide.diffusion.steps.GuidanceFn`: a callable
 returning the scaled gradient s(t)·g, with ``space`` and ``extra_variance``. ``check`` refuses,
-before any work, guidance it cannot apply.
+before the loop's first step, guidance it cannot apply.
 
 Adding a sampler: a class here or in your own module, decorated with ``@register_sampler``,
-and a YAML under ``conf/diffusion/`` that selects it (see the README's "How to add").
+and a YAML under ``conf/diffusion/`` that selects it (see docs/how_to_add.md).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from calguide.diffusion.dpm_solver import (
     half_logsnr,
 )
 from calguide.diffusion.gaussian import GaussianDiffusion
-from calguide.diffusion.sampling import (
+from calguide.diffusion.schedules import respace_betas, space_timesteps
+from calguide.diffusion.steps import (
     ModelFn,
     StepOutput,
     check_sampler_supports,
@@ -39,7 +40,6 @@ from calguide.diffusion.sampling import (
     ddpm_step,
     step_variance,
 )
-from calguide.diffusion.schedules import respace_betas, space_timesteps
 
 __all__ = [
     "DDIM",
@@ -50,6 +50,7 @@ __all__ = [
     "Sampler",
     "StepCallback",
     "build_sampler",
+    "describe_chain",
     "register_sampler",
     "sample_loop",
     "sampler_class",
@@ -175,7 +176,7 @@ class DDIM(Sampler):
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.eta <= 1.0:
-            raise ValueError(f"diffusion.eta={self.eta!r}: must be in [0.0, 1.0]")
+            raise ValueError(f"diffusion.sampler_params.eta={self.eta!r}: must be in [0.0, 1.0]")
 
     @property
     def uses_noise(self) -> bool:
@@ -220,20 +221,18 @@ class DPMpp2M(Sampler):
     schedule keeps the push it has on that chain whatever N is."""
 
     reference_steps: int = 250
-    thresholding: str = "clip"  # clip (ADM's clip_denoised) | dynamic (Imagen's)
-    quantile: float = 0.995
+    dynamic_threshold: float | None = None  # a quantile: Imagen's thresholding in place of the clip
 
     def __post_init__(self) -> None:
         if self.reference_steps < 1:
             raise ValueError(
                 f"diffusion.sampler_params.reference_steps={self.reference_steps}: must be >= 1"
             )
-        if self.thresholding not in ("clip", "dynamic"):
+        if self.dynamic_threshold is not None and not 0.0 < self.dynamic_threshold <= 1.0:
             raise ValueError(
-                f"diffusion.sampler_params.thresholding={self.thresholding!r}: clip or dynamic"
+                f"diffusion.sampler_params.dynamic_threshold={self.dynamic_threshold}: a quantile "
+                "in (0, 1], or null"
             )
-        if not 0.0 < self.quantile <= 1.0:
-            raise ValueError(f"diffusion.sampler_params.quantile={self.quantile}: in (0, 1]")
         self._references: dict[tuple, _Reference] = {}
 
     @property
@@ -303,8 +302,8 @@ class DPMpp2M(Sampler):
         output = _model_output(model_fn, diffusion, x_t, t)
         eps, var_values = diffusion.split_output(output, x_t)
         pred_x0 = diffusion.predict_x0_from_eps(x_t, t, eps)
-        if self.thresholding == "dynamic":
-            pred_x0 = dynamic_threshold(pred_x0, self.quantile)
+        if clip_denoised and self.dynamic_threshold is not None:
+            pred_x0 = dynamic_threshold(pred_x0, self.dynamic_threshold)
         elif clip_denoised:
             pred_x0 = pred_x0.clamp(-1.0, 1.0)
         alpha_bar = diffusion.alphas_cumprod
@@ -345,7 +344,7 @@ class DPMpp2MSDE(DPMpp2M):
     reverse SDE (e^{−h} damping and fresh noise each step, the sample's own generator) instead of
     the probability-flow ODE. A guided score that is not an exact score (a scale above 1, EluCD's
     additive schedule) gives different samples under the ODE and the SDE; the DDPM chain is an
-    SDE, so this variant follows it where the ODE does not (README, "Few-step sampling")."""
+    SDE, so this variant follows it where the ODE does not (docs/few_step.md)."""
 
     @property
     def uses_noise(self) -> bool:
@@ -364,6 +363,21 @@ def _interp(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
     return f0 + frac * (f1 - f0)
 
 
+def describe_chain(diffusion: GaussianDiffusion, sampler: Sampler) -> dict[str, Any]:
+    """What walking ``diffusion`` with ``sampler`` runs: the sampler and its knobs, the base
+    timesteps it visits, and the network evaluations per sample (one per step: every entry
+    calls the denoiser once per step, the multistep solvers included)."""
+    knobs = {f.name: getattr(sampler, f.name) for f in dataclasses.fields(sampler)}
+    return {
+        "sampler": sampler.name,
+        "sampler_params": knobs,
+        "steps": int(diffusion.num_timesteps),
+        "base_steps": len(diffusion.base_sqrt_recip_alphas_cumprod),
+        "timesteps": [int(t) for t in diffusion.timestep_map],
+        "network_evaluations": int(diffusion.num_timesteps),
+    }
+
+
 NoiseFn = Callable[[int, Tensor], Tensor]
 StepCallback = Callable[[int, Tensor, StepOutput], None]
 
@@ -374,7 +388,6 @@ def sample_loop(
     x_T: Tensor,
     *,
     sampler: Sampler | str = "ddpm",
-    eta: float = 0.0,
     guidance: Callable | None = None,
     noise_fn: NoiseFn | None = None,
     clip_denoised: bool = True,
@@ -386,11 +399,12 @@ def sample_loop(
     ``model_fn(x, t_model)`` returns the network output for base-chain timesteps.
     ``noise_fn(i, x)`` returns the step noise for chain index ``i`` (default: ``randn_like``);
     the sampling module passes per-sample seeded noise here, so a sample does not depend on its
-    batch. ``callback(i, x_t, step)`` sees every step (diagnostics, snapshots). ``eta`` applies
-    only when ``sampler`` is given by name (``ddim``).
+    batch. ``callback(i, x_t, step)`` sees every step (diagnostics, snapshots). A sampler given
+    by name runs with its default knobs. The sampler refuses guidance it cannot apply (its
+    ``check``) here, before the first step: the one place every chain starts.
     """
     if isinstance(sampler, str):
-        sampler = build_sampler(sampler, **({"eta": eta} if sampler == "ddim" else {}))
+        sampler = build_sampler(sampler)
     sampler.check(guidance)
     x, state = x_T, sampler.start(x_T)
     no_noise = None if sampler.uses_noise else torch.zeros_like(x_T)

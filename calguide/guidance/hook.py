@@ -4,7 +4,7 @@
 the per-batch :class:`BoundGuidance` that a sampler is handed. The sampler calls
 ``guidance(x_t, pred_x0, t_model)`` under ``no_grad`` (or Lightning's
 ``inference_mode``) and expects the already-scaled gradient with x_t's shape; it checks
-finiteness and applies it (see :mod:`calguide.diffusion.sampling`). ``space`` tells it whether
+finiteness and applies it (see :mod:`calguide.diffusion.steps`). ``space`` tells it whether
 g is w.r.t. x̂₀ (``x0``: off-the-shelf classifier on x̂₀, DDPM only) or x_t (``x_t``: noisy
 classifier, or x0-mode gradients back-propagated through the denoiser). The DDPM step also
 asks :meth:`ClassifierGuidance.extra_variance` for the schedule's additive a_i (EluCD's
@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from typing import Literal
+from dataclasses import fields
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -151,6 +152,22 @@ class ClassifierGuidance(nn.Module):
     def extra_variance(self, index: Tensor, num_steps: int, variance_max: Tensor) -> Tensor | None:
         """The schedule's additive a_i for the DDPM mean shift (``None`` for most schedules)."""
         return self.schedule.extra_variance(index, num_steps, variance_max)
+
+    def describe(self) -> dict[str, Any]:
+        """What this guidance runs, read off its parts: the strategy and its knobs, the scale
+        schedule, and the classifier's input space and temperature."""
+        strategy = {f.name: getattr(self.strategy, f.name) for f in fields(self.strategy)}
+        schedule = {f.name: getattr(self.schedule, f.name) for f in fields(self.schedule)}
+        return {
+            "strategy": self.name,
+            "params": strategy,
+            "scale": schedule.pop("scale", None),
+            "schedule": getattr(self.schedule, "name", type(self.schedule).__name__),
+            "schedule_params": schedule,
+            "space": self.space,
+            "temperature": float(self.classifier.temperature),
+            "through_denoiser": self.needs_denoiser,
+        }
 
     def extra_repr(self) -> str:
         return (

@@ -7,7 +7,7 @@ a_i = 0). A schedule supplies both parts:
 * ``extra_variance(index, num_steps, variance_max)``: the additive a_i, or ``None`` for none.
   ``index`` is the respaced step index i (N−1 … 0), ``num_steps`` the respaced step count N and
   ``variance_max`` the running maximum Σ_max of the model variance seen so far in the chain,
-  per sample (the sampler tracks it, see :func:`calguide.diffusion.sampling.ddpm_step`).
+  per sample (the sampler tracks it, see :func:`calguide.diffusion.steps.ddpm_step`).
 
 Schedules:
 
@@ -109,6 +109,7 @@ class _Multiplicative:
 
 @dataclass(frozen=True)
 class ConstantSchedule(_Multiplicative):
+    name: ClassVar[str] = "constant"
     scale: float
 
     def __call__(self, t: Tensor, num_timesteps: int) -> Tensor:
@@ -117,6 +118,7 @@ class ConstantSchedule(_Multiplicative):
 
 @dataclass(frozen=True)
 class LinearSchedule(_Multiplicative):
+    name: ClassVar[str] = "linear"
     scale: float
     start: float = 1.0
     end: float = 0.0
@@ -127,6 +129,7 @@ class LinearSchedule(_Multiplicative):
 
 @dataclass(frozen=True)
 class SinSchedule(_Multiplicative):
+    name: ClassVar[str] = "sin"
     scale: float
     gamma: float = 1.0
 
@@ -136,6 +139,7 @@ class SinSchedule(_Multiplicative):
 
 @dataclass(frozen=True)
 class EluCDSchedule:
+    name: ClassVar[str] = "elucd"
     additive: ClassVar[bool] = True
     scale: float
     gamma: float = 0.3

@@ -311,6 +311,11 @@ def strategy_names() -> tuple[str, ...]:
     return (*STRATEGIES, *divergence_names())
 
 
+def is_active(name: str) -> bool:
+    """Whether strategy ``name`` guides at all (``none`` does not, and needs no classifier)."""
+    return STRATEGIES[name].is_active if name in STRATEGIES else name in divergence_names()
+
+
 def build_strategy(name: str, **params: Any) -> GuidanceStrategy:
     """The strategy for config name ``name`` with knobs ``params`` (``guidance.params``).
 

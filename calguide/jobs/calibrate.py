@@ -9,15 +9,15 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf
 
 from calguide import assembly
 from calguide.calibration.ece import top_label_confidence
 from calguide.calibration.metrics import fit_temperature
 from calguide.calibration.reliability import save_reliability_diagram
 from calguide.calibration.report import calibration_table, named_buckets
-from calguide.config import checked
+from calguide.config.calibrate import CalibrateSpec
 from calguide.io import atomic_write_text, log_image
+from calguide.jobs.records import calibration_line, calibration_record
 from calguide.modules.classifier import ClassifierModule
 from calguide.nets.classifiers import export_classifier
 
@@ -43,36 +43,28 @@ def save_diagrams(
     return saved
 
 
-def run_calibration(cfg: DictConfig) -> dict[str, Any]:
+def run_calibration(spec: CalibrateSpec) -> dict[str, Any]:
     """Evaluate the starting classifier, calibrate it, evaluate again, export, report."""
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    output = Path(cfg.output)
+    L.seed_everything(spec.seed, workers=True, verbose=False)
+    output = Path(spec.output)
     out_dir = output.with_suffix("")
-    run = checked(cfg)
-    classifier, init_meta = assembly.classifier(
-        run.classifier, cfg.init, f"classifier '{run.classifier.name}' (init)"
-    )
-    denoiser = assembly.inputs_denoiser(cfg)
-    diffusion = assembly.chain(
-        run.diffusion,
-        denoiser.flags if denoiser else {},
-        denoiser.diffusion if denoiser else None,
-        respaced=False,
-    )
-    temperature = float(init_meta.get("temperature", 1.0))
-    module = assembly.calibration_module(cfg, classifier, diffusion, denoiser, temperature)
-    datamodule = assembly.datamodule(run.data, cfg.seed)
+    setup = assembly.calibration_setup(spec)
+    module = setup.module
+    datamodule = assembly.datamodule(spec.data, spec.seed)
+    run = calibration_record(spec, setup, assembly.device_name(spec.trainer))
+    print(calibration_line("calguide-calibrate", run), flush=True)
     trainer: L.Trainer = assembly.trainer(
-        cfg, callbacks=[ModelCheckpoint(dirpath=out_dir, save_last=True, save_top_k=0)]
+        spec, run, callbacks=[ModelCheckpoint(dirpath=out_dir, save_last=True, save_top_k=0)]
     )
+    diagrams = list(spec.evaluation.diagrams)
 
     before = None
-    if cfg.init is not None:
+    if spec.init is not None:
         trainer.validate(module, datamodule=datamodule, verbose=False)
         before = module.val_results
-        save_diagrams(module, out_dir, list(cfg.evaluation.diagrams), trainer, "before")
+        save_diagrams(module, out_dir, diagrams, trainer, "before")
 
-    if cfg.calibration.method == "temperature":
+    if spec.calibration.method == "temperature":
         datamodule.setup("fit")
         trainer.validate(module, dataloaders=datamodule.train_dataloader(), verbose=False)
         pooled = [
@@ -86,42 +78,41 @@ def run_calibration(cfg: DictConfig) -> dict[str, Any]:
         print(f"calguide: fitted temperature τ = {module.temperature:.4f} on the training split")
     else:
         last = out_dir / "last.ckpt"
-        resume = str(last) if cfg.resume and last.is_file() else None
+        resume = str(last) if spec.resume and last.is_file() else None
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
 
     trainer.validate(module, datamodule=datamodule, verbose=False)
     after = module.val_results
-    diagrams = save_diagrams(module, out_dir, list(cfg.evaluation.diagrams), trainer, "after")
+    saved = save_diagrams(module, out_dir, diagrams, trainer, "after")
 
-    resolved = OmegaConf.to_container(cfg, resolve=False)
     record = {
-        "classifier": cfg.classifier.name,
-        "calibration": cfg.calibration.name,
-        "mode": cfg.inputs.mode,
-        "seed": int(cfg.seed),
+        "classifier": spec.classifier.name,
+        "calibration": spec.calibration.name,
+        "mode": spec.inputs.mode,
+        "seed": spec.seed,
         "steps": int(trainer.global_step),
         "temperature": module.temperature,
         "before": before,
         "after": after,
-        "diagrams": diagrams,
+        "diagrams": saved,
+        "run": run,
     }
     if trainer.is_global_zero:
         export_classifier(
-            classifier,
+            setup.classifier,
             output,
             temperature=module.temperature,
-            calibration=cfg.calibration.name,
-            mode=cfg.inputs.mode,
-            seed=int(cfg.seed),
+            calibration=spec.calibration.name,
+            mode=spec.inputs.mode,
+            seed=spec.seed,
             metrics=after,
         )
         atomic_write_text(json.dumps(record, indent=2), out_dir / "calibration.json")
-        table = calibration_table(
-            after, before, title=f"{cfg.classifier.name} · {cfg.calibration.name} · seed {cfg.seed}"
-        )
+        title = f"{spec.classifier.name} · {spec.calibration.name} · seed {spec.seed}"
+        table = calibration_table(after, before, title=title)
         atomic_write_text(table + "\n", out_dir / "report.md")
         print(table)
         print(f"calguide: classifier exported to {output}")
         for logger in trainer.loggers:
-            logger.log_hyperparams({"config": resolved})
+            logger.log_hyperparams({"config": spec.config, "run": run})
     return record

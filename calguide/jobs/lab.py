@@ -15,23 +15,23 @@ from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
 from calguide import assembly
 from calguide.calibration.metrics import classification_metrics
-from calguide.config import GuidanceConfig, checked, job_config
+from calguide.config.lab import LabMLPConfig, LabSpec
+from calguide.config.sample import GuidanceConfig
 from calguide.data.gmm import GaussianMixture, mixture_from_config
 from calguide.diffusion import GaussianDiffusion
-from calguide.guidance import GuidanceClassifier
 from calguide.io import atomic_write_json, atomic_write_text
+from calguide.jobs.records import chain_words
 from calguide.lab.evaluate import class_energy, evaluate_samples, exact_reference
 from calguide.lab.figure import plot_lab_samples
 from calguide.lab.plugins import ExactEpsModel, ExactPosterior
 from calguide.modules.classifier import ClassifierModule
 from calguide.modules.sampling import SamplingModule
 from calguide.nets.classifiers import build_classifier
-from calguide.sampling.diagnostics import plot_diagnostics
+from calguide.samples.diagnostics import plot_diagnostics
 
 # Table columns: (key, header, format).
 COLUMNS = (
@@ -44,19 +44,18 @@ COLUMNS = (
 )
 
 
-def chains(cfg: DictConfig) -> tuple[GaussianDiffusion, GaussianDiffusion]:
+def chains(spec: LabSpec) -> tuple[GaussianDiffusion, GaussianDiffusion]:
     """(base chain, respaced sampling chain) from the ``diffusion`` group."""
-    diffusion = checked(cfg).diffusion
     return (
-        assembly.chain(diffusion, {}, respaced=False),
-        assembly.chain(diffusion, {}),
+        assembly.chain(spec.diffusion, {}, respaced=False),
+        assembly.chain(spec.diffusion, {}),
     )
 
 
 def train_mlp(
     mixture: GaussianMixture,
     base: GaussianDiffusion,
-    spec: DictConfig,
+    spec: LabMLPConfig,
     calibration_weight: float,
     seed: int,
 ) -> torch.nn.Module:
@@ -131,56 +130,78 @@ def noisy_calibration(
 
 
 def build_classifiers(
-    cfg: DictConfig, mixture: GaussianMixture, base: GaussianDiffusion
+    spec: LabSpec, mixture: GaussianMixture, base: GaussianDiffusion
 ) -> dict[str, tuple[torch.nn.Module, float]]:
     """Name -> (noise-aware net, temperature τ_c) for every entry of ``lab.classifiers``."""
     built: dict[str, tuple[torch.nn.Module, float]] = {}
-    for name, spec in cfg.lab.classifiers.items():
-        temperature = float(spec.get("temperature", 1.0))
-        if spec.kind == "exact":
+    for name, entry in spec.lab.classifiers.items():
+        temperature = float(entry.get("temperature", 1.0))
+        if entry["kind"] == "exact":
             net: torch.nn.Module = ExactPosterior(mixture, base.alphas_cumprod)
         else:
             started = time.perf_counter()
-            weight = float(spec.get("calibration_weight", 0.0))
-            net = train_mlp(mixture, base, cfg.lab.mlp, weight, int(cfg.seed))
+            weight = float(entry.get("calibration_weight", 0.0))
+            net = train_mlp(mixture, base, spec.lab.mlp, weight, spec.seed)
             print(f"calguide-lab: trained {name} in {time.perf_counter() - started:.1f} s")
         built[str(name)] = (net, temperature)
     return built
 
 
-def sample_run(
-    cfg: DictConfig,
+def lab_module(
+    spec: LabSpec,
     mixture: GaussianMixture,
     base: GaussianDiffusion,
     chain: GaussianDiffusion,
-    classifier: tuple[torch.nn.Module, float] | None,
-    spec: GuidanceConfig,
-) -> tuple[torch.Tensor, torch.Tensor, dict[int, dict[str, float]]]:
-    """(samples, target labels, per-timestep diagnostics) of one strategy and classifier."""
-    guidance = None
-    if spec.strategy_impl.is_active and classifier is not None:
-        net, temperature = classifier
-        wrapped = GuidanceClassifier(net, input_mode="noisy", temperature=temperature)
-        guidance = assembly.guidance_with(spec, wrapped, base.num_timesteps)
-    class_cond = bool(cfg.lab.class_cond)
-    module = SamplingModule(
+    guidance: Any = None,
+) -> SamplingModule:
+    """The sampling module of one lab run: the mixture's exact ε as the denoiser."""
+    return SamplingModule(
         ExactEpsModel(mixture, base.alphas_cumprod),
         chain,
         sample_shape=(mixture.dim,),
-        class_cond=class_cond,
+        class_cond=bool(spec.lab.class_cond),
         guidance=guidance,
-        sampler=assembly.sampler(checked(cfg).diffusion),
-        clip_denoised=False,
-        seed=int(cfg.seed),
+        sampler=assembly.sampler(spec.diffusion),
+        clip_denoised=spec.diffusion.clip_denoised,
+        seed=spec.seed,
         progress=False,
         as_images=False,
         noise="batch",
     )
-    n = int(cfg.lab.num_samples)
+
+
+def sample_run(
+    spec: LabSpec,
+    mixture: GaussianMixture,
+    base: GaussianDiffusion,
+    chain: GaussianDiffusion,
+    classifier: tuple[torch.nn.Module, float] | None,
+    run: GuidanceConfig,
+) -> tuple[torch.Tensor, torch.Tensor, dict[int, dict[str, float]]]:
+    """(samples, target labels, per-timestep diagnostics) of one strategy and classifier."""
+    guidance = None
+    if run.active and classifier is not None:
+        net, temperature = classifier
+        guidance = assembly.guidance_of(
+            run, net, input_mode="noisy", temperature=temperature, num_timesteps=base.num_timesteps
+        )
+    module = lab_module(spec, mixture, base, chain, guidance)
+    n = spec.lab.num_samples
     labels = torch.arange(n) % mixture.num_classes
     with torch.no_grad():
         out = module.predict_step({"indices": torch.arange(n), "labels": labels})
     return out["samples"], labels, out["diagnostics"]
+
+
+def lab_line(spec: LabSpec, chain_record: dict[str, Any], classifiers: list[str]) -> str:
+    """The first line of a lab run: the chain, the runs and classifiers, samples, device, seed."""
+    names = ", ".join(classifiers)
+    denoiser = "class-conditional" if spec.lab.class_cond else "unconditional"
+    return (
+        f"calguide-lab: {chain_words(chain_record)} · {len(spec.runs)} runs × "
+        f"{len(classifiers)} classifiers ({names}) · {spec.lab.num_samples} samples · "
+        f"{denoiser} exact ε · cpu, {spec.lab.threads} thread(s) · seed {spec.seed}"
+    )
 
 
 def gradient_summary(diagnostics: dict[int, dict[str, float]], num_timesteps: int) -> dict:
@@ -238,17 +259,23 @@ def calibration_table(calibration: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def run_lab(cfg: DictConfig) -> dict[str, Any]:
+def run_lab(spec: LabSpec) -> dict[str, Any]:
+    """Every run of ``lab.runs`` × every guidance classifier against the exact target."""
     started = time.perf_counter()
     # Tensors here are tiny: extra threads only add synchronisation (and thrash a busy CPU).
-    torch.set_num_threads(int(cfg.lab.threads))
-    torch.manual_seed(int(cfg.seed))
-    mixture = mixture_from_config(OmegaConf.to_container(cfg.lab.mixture.components, resolve=True))
-    base, chain = chains(cfg)
-    out_dir = Path(cfg.paths.output_dir)
+    torch.set_num_threads(spec.lab.threads)
+    torch.manual_seed(spec.seed)
+    mixture = mixture_from_config(spec.lab.mixture.get("components") or [])
+    base, chain = chains(spec)
+    out_dir = Path(spec.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    chain_record = {
+        "respacing": spec.diffusion.respacing,
+        **lab_module(spec, mixture, base, chain).describe(),
+    }
+    print(lab_line(spec, chain_record, list(spec.lab.classifiers)), flush=True)
 
-    classifiers = build_classifiers(cfg, mixture, base)
+    classifiers = build_classifiers(spec, mixture, base)
     calibration = {
         name: {
             "temperature": temperature,
@@ -257,35 +284,34 @@ def run_lab(cfg: DictConfig) -> dict[str, Any]:
                 temperature,
                 mixture,
                 base,
-                points=int(cfg.lab.calibration_points),
-                seed=int(cfg.seed) + 1,
+                points=spec.lab.calibration_points,
+                seed=spec.seed + 1,
             ),
         }
         for name, (net, temperature) in classifiers.items()
     }
 
-    n = int(cfg.lab.num_samples)
+    n = spec.lab.num_samples
     labels = torch.arange(n) % mixture.num_classes
     floor = class_energy(
-        exact_reference(mixture, labels, seed=int(cfg.seed) + 2),
-        exact_reference(mixture, labels, seed=int(cfg.seed) + 3),
+        exact_reference(mixture, labels, seed=spec.seed + 2),
+        exact_reference(mixture, labels, seed=spec.seed + 3),
         labels,
     )
     rows: list[dict[str, Any]] = []
     panels: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
     diagnostics: dict[str, dict[str, dict[int, dict[str, float]]]] = {}
-    runs = checked(cfg).lab.run_guidance
-    for spec in runs:
-        active = spec.strategy_impl.is_active
+    for run in spec.runs:
+        active = run.active
         targets = classifiers.items() if active else [("–", None)]
         for name, classifier in targets:
-            x, y, diag = sample_run(cfg, mixture, base, chain, classifier, spec)
-            label = spec.name if not active else f"{spec.name} s={spec.scale:g}"
-            metrics = evaluate_samples(mixture, x, y, seed=int(cfg.seed) + 4)
+            x, y, diag = sample_run(spec, mixture, base, chain, classifier, run)
+            label = run.name if not active else f"{run.name} s={run.scale:g}"
+            metrics = evaluate_samples(mixture, x, y, seed=spec.seed + 4)
             row = {
                 "classifier": name,
-                "guidance": spec.name,
-                "scale": float(spec.scale),
+                "guidance": run.name,
+                "scale": float(run.scale),
                 **metrics,
                 **gradient_summary(diag, base.num_timesteps),
             }
@@ -312,8 +338,8 @@ def run_lab(cfg: DictConfig) -> dict[str, Any]:
             "**Guidance classifiers** (noisy points, t ~ U{0..999}; exact labels)",
             calibration_table(calibration),
             f"**Strategies** ({n} samples, balanced over {mixture.num_classes} classes; "
-            f"{chain.num_timesteps}-step {cfg.diffusion.sampler}; "
-            f"{'class-conditional' if cfg.lab.class_cond else 'unconditional'} exact ε)",
+            f"{chain.num_timesteps}-step {spec.diffusion.sampler}; "
+            f"{'class-conditional' if spec.lab.class_cond else 'unconditional'} exact ε)",
             results_table(rows, floor),
             "*by construction. energy: per-class energy distance to exact p(x|y) samples; "
             "floor: two exact sample sets of the same size. mode TV: total variation between "
@@ -328,7 +354,8 @@ def run_lab(cfg: DictConfig) -> dict[str, Any]:
         "figure": str(figure),
         "diagnostics": curves,
         "seconds": elapsed,
-        "config": job_config(cfg),
+        "run": chain_record,
+        "config": spec.config,
     }
     atomic_write_text(text + "\n", out_dir / "lab.md")
     atomic_write_json(record, out_dir / "lab.json")

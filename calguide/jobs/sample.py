@@ -15,10 +15,11 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from calguide import assembly
-from calguide.config import checked, is_guided, job_config
+from calguide.assembly.requirements import check_required_files
+from calguide.config.sample import SampleSpec
 from calguide.errors import ConfigError, RunStateError
 from calguide.io import (
     atomic_write_json,
@@ -27,20 +28,20 @@ from calguide.io import (
     folder_lock,
     log_image,
 )
+from calguide.jobs.records import sampling_line, sampling_record
 from calguide.metrics.per_sample import EVAL_FEATURES
 from calguide.metrics.reference import REFERENCE_SPLITS
 from calguide.modules.evaluate import evaluate_samples
 from calguide.modules.metrics import GenerativeMetrics
-from calguide.requirements import check_required_files
-from calguide.sampling.diagnostics import (
+from calguide.samples.diagnostics import (
     plot_diagnostics,
     read_diagnostics_csv,
     save_snapshots,
     write_diagnostics_csv,
 )
-from calguide.sampling.grid import save_image_grid
-from calguide.sampling.labels import LabelDataModule
-from calguide.sampling.writer import (
+from calguide.samples.grid import save_image_grid
+from calguide.samples.labels import LabelDataModule
+from calguide.samples.writer import (
     ShardWriter,
     heal_shards,
     merge_shards,
@@ -60,50 +61,50 @@ PATH_KEYS = (
 )
 
 
-def input_files(cfg: DictConfig) -> dict[str, Path]:
+def input_files(spec: SampleSpec) -> dict[str, Path]:
     """The files whose contents decide the samples: the denoiser, and the classifier when
     guided."""
-    files = {"denoiser": assembly.denoiser_path(cfg)}
-    if is_guided(cfg):
-        files["classifier"] = Path(cfg.classifier.checkpoint)
+    files = {"denoiser": assembly.denoiser_path(spec.denoiser, spec.data, spec.paths.artifacts)}
+    if spec.guided:
+        files["classifier"] = Path(str(spec.classifier.checkpoint))
     return files
 
 
-def input_identity(cfg: DictConfig) -> dict[str, str]:
+def input_identity(spec: SampleSpec) -> dict[str, str]:
     """role -> sha256 of the file's bytes (cached by size and mtime: large files hash once)."""
-    return {role: content_sha256(path) for role, path in input_files(cfg).items()}
+    return {role: content_sha256(path) for role, path in input_files(spec).items()}
 
 
-def run_identity(cfg: DictConfig, batch_dependent: bool, inputs: dict[str, str]) -> str:
+def run_identity(spec: SampleSpec, batch_dependent: bool, inputs: dict[str, str]) -> str:
     """A short hash of everything that determines the samples: the output folder's suffix, so
     a rerun of the same command resumes and any change of a knob starts a fresh folder.
 
     Files count by content (``inputs``), not by path: replacing the classifier file starts a
     new run, moving the artifacts folder does not.
     """
-    ident = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in IDENTITY_SECTIONS}
+    ident = {k: json.loads(json.dumps(spec.config[k])) for k in IDENTITY_SECTIONS}
     for section, key in PATH_KEYS:
         ident[section].pop(key, None)
     ident["inputs"] = inputs
-    ident["sampling"] = {k: cfg.sampling.get(k) for k in IDENTITY_SAMPLING_KEYS}
+    ident["sampling"] = {k: spec.config["sampling"].get(k) for k in IDENTITY_SAMPLING_KEYS}
     if ident["sampling"]["noise"] in (None, "per_sample"):  # the default keeps older hashes
         del ident["sampling"]["noise"]
-    ident["seed"] = int(cfg.seed)
+    ident["seed"] = spec.seed
     if batch_dependent:
-        ident["batch_size"] = int(cfg.sampling.batch_size)
+        ident["batch_size"] = spec.sampling.batch_size
     blob = json.dumps(ident, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
 
-def output_dir(cfg: DictConfig, batch_dependent: bool, inputs: dict[str, str]) -> Path:
-    if cfg.sampling.out_dir:
-        return Path(cfg.sampling.out_dir)
+def output_dir(spec: SampleSpec, batch_dependent: bool, inputs: dict[str, str]) -> Path:
+    if spec.sampling.out_dir:
+        return Path(spec.sampling.out_dir)
     name = (
-        f"{cfg.denoiser.name}-{cfg.classifier.name if is_guided(cfg) else 'noclf'}"
-        f"-{cfg.guidance.name}-s{cfg.guidance.scale:g}-seed{cfg.seed}"
-        f"-{run_identity(cfg, batch_dependent, inputs)}"
+        f"{spec.denoiser.name}-{spec.classifier.name if spec.guided else 'noclf'}"
+        f"-{spec.guidance.name}-s{spec.guidance.scale:g}-seed{spec.seed}"
+        f"-{run_identity(spec, batch_dependent, inputs)}"
     )
-    return Path(cfg.paths.artifacts) / cfg.data.name / "samples" / name
+    return Path(spec.paths.artifacts) / spec.data.name / "samples" / name
 
 
 def check_inputs_record(out_dir: Path, inputs: dict[str, str]) -> None:
@@ -127,25 +128,48 @@ def check_inputs_record(out_dir: Path, inputs: dict[str, str]) -> None:
         atomic_write_json(inputs, record)
 
 
-def check_against_model(cfg: DictConfig, setup: assembly.SamplingSetup) -> None:
+def check_against_model(spec: SampleSpec, setup: assembly.SamplingSetup) -> None:
     """Values that only the loaded denoiser can check, before any sampling."""
-    run = checked(cfg)
-    if run.sampling.labels == "fixed" and run.sampling.fixed_class >= setup.num_classes:
+    sampling = spec.sampling
+    if sampling.labels == "fixed" and sampling.fixed_class >= setup.num_classes:
         raise ConfigError(
-            f"sampling.fixed_class={run.sampling.fixed_class}: must be in "
+            f"sampling.fixed_class={sampling.fixed_class}: must be in "
             f"[0, {setup.num_classes}) (the denoiser's classes)"
         )
     channels, size, _ = setup.module.sample_shape
-    metrics = run.metrics
-    against_data = metrics is not None and metrics.kind != "none"
-    against_data = against_data and metrics.reference in REFERENCE_SPLITS
-    if against_data and (size, channels) != (run.data.image_size, run.data.channels):
+    metrics, data = spec.metrics, spec.data
+    against_data = metrics.kind != "none" and metrics.reference in REFERENCE_SPLITS
+    if against_data and (size, channels) != (data.image_size, data.channels):
         raise ConfigError(
-            f"data.image_size={run.data.image_size}, data.channels={run.data.channels}: "
+            f"data.image_size={data.image_size}, data.channels={data.channels}: "
             f"the denoiser makes {channels}×{size}×{size} samples, and metrics.reference="
             f"{metrics.reference} compares them with the data at its own size; set data "
             "to the denoiser's size"
         )
+
+
+def run_record(
+    spec: SampleSpec, setup: assembly.SamplingSetup, inputs: dict[str, str]
+) -> dict[str, Any]:
+    """What this run runs (:func:`calguide.jobs.records.sampling_record`), files by content."""
+    files = input_files(spec)
+    denoiser = {"name": spec.denoiser.name, "file": str(files["denoiser"])}
+    denoiser["sha256"] = inputs["denoiser"]
+    classifier = None
+    if spec.guided:
+        classifier = {"name": spec.classifier.name, "arch": spec.classifier.arch}
+        classifier.update(file=str(files["classifier"]), sha256=inputs["classifier"])
+    return sampling_record(
+        setup.module.describe(),
+        respacing=spec.diffusion.respacing,
+        denoiser=denoiser,
+        classifier=classifier,
+        device=assembly.device_name(spec.trainer),
+        samples=spec.sampling.num_samples,
+        batch_size=spec.sampling.batch_size,
+        labels=spec.sampling.labels,
+        seed=spec.seed,
+    )
 
 
 def classifier_smece(meta: dict[str, Any]) -> float | None:
@@ -178,51 +202,55 @@ def stop_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_sampling(cfg: DictConfig) -> dict[str, Any]:
-    check_required_files(cfg)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    setup = assembly.sampling_setup(cfg)
-    check_against_model(cfg, setup)
-    inputs = input_identity(cfg)
-    out_dir = output_dir(cfg, setup.batch_dependent, inputs)
+def run_sampling(spec: SampleSpec) -> dict[str, Any]:
+    """Sample ``spec`` into its run folder (resuming what is there), merge, report."""
+    check_required_files(spec)
+    L.seed_everything(spec.seed, workers=True, verbose=False)
+    setup = assembly.sampling_setup(spec)
+    check_against_model(spec, setup)
+    inputs = input_identity(spec)
+    out_dir = output_dir(spec, setup.batch_dependent, inputs)
+    record = run_record(spec, setup, inputs)
     if rank_zero_only.rank != 0:  # DDP ranks > 0: rank 0 holds the folder for all of them
-        return sample_into(cfg, setup, out_dir)
-    lock_wait = float(checked(cfg).sampling.lock_wait_s)
-    with folder_lock(out_dir, wait_s=lock_wait, what="run folder"):
+        return sample_into(spec, setup, out_dir, record)
+    print(sampling_line("calguide-sample", record), flush=True)
+    with folder_lock(out_dir, wait_s=spec.sampling.lock_wait_s, what="run folder"):
         check_inputs_record(out_dir, inputs)
         try:
             with stop_on_sigterm():
-                return sample_into(cfg, setup, out_dir)
+                return sample_into(spec, setup, out_dir, record)
         except Preempted:
             done = len(written_indices(out_dir / "shards"))
             print(
-                f"calguide: SIGTERM: stopped; {done} of {cfg.sampling.num_samples} samples are "
+                f"calguide: SIGTERM: stopped; {done} of {spec.sampling.num_samples} samples are "
                 f"in {out_dir / 'shards'}; rerun the same command to resume"
             )
             raise SystemExit(143) from None
 
 
-def sample_into(cfg: DictConfig, setup: assembly.SamplingSetup, out_dir: Path) -> dict[str, Any]:
+def sample_into(
+    spec: SampleSpec, setup: assembly.SamplingSetup, out_dir: Path, record: dict[str, Any]
+) -> dict[str, Any]:
     """Generate the missing samples into ``out_dir``'s shards, merge, report."""
-    num_samples = int(cfg.sampling.num_samples)
+    num_samples = spec.sampling.num_samples
     finished = finished_run(out_dir, num_samples)
     shard_dir = out_dir / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     if finished is None and rank_zero_only.rank == 0:
         channels, size, _ = setup.module.sample_shape
         heal_shards(shard_dir, num_samples, (size, size, channels))
-    atomic_write_text(OmegaConf.to_yaml(job_config(cfg)), out_dir / "config.yaml")
+    atomic_write_text(OmegaConf.to_yaml(spec.config), out_dir / "config.yaml")
     datamodule = LabelDataModule(
         num_samples,
         setup.num_classes,
-        batch_size=cfg.sampling.batch_size,
-        protocol=cfg.sampling.labels,
-        seed=cfg.seed,
-        fixed_class=cfg.sampling.fixed_class,
+        batch_size=spec.sampling.batch_size,
+        protocol=spec.sampling.labels,
+        seed=spec.seed,
+        fixed_class=spec.sampling.fixed_class,
         done=lambda: written_indices(shard_dir),
     )
     writer = ShardWriter(shard_dir)
-    metrics = assembly.metrics_callback(cfg, out_dir)
+    metrics = assembly.metrics_callback(spec.metrics, spec.data, out_dir)
     already = num_samples if finished else len(written_indices(shard_dir))
     if finished:
         print(f"calguide: {out_dir} is finished ({num_samples} samples); nothing to sample")
@@ -232,20 +260,22 @@ def sample_into(cfg: DictConfig, setup: assembly.SamplingSetup, out_dir: Path) -
     # the merged set instead (see finish).
     streaming = [metrics] if metrics is not None and not already else []
     trainer: L.Trainer = assembly.trainer(
-        cfg, callbacks=[writer, *streaming], use_distributed_sampler=False
+        spec, record, callbacks=[writer, *streaming], use_distributed_sampler=False
     )
     if not finished:
         trainer.predict(setup.module, datamodule=datamodule, return_predictions=False)
         trainer.strategy.barrier()
     if not trainer.is_global_zero:
         return {}
+    record = {**record, "network_evaluations_counted": setup.module.evaluations_per_sample}
     return finish(
-        cfg,
+        spec,
         trainer,
         out_dir,
         writer,
         setup.num_classes,
         metrics,
+        record=record,
         resumed=bool(already),
         classifier_meta=setup.classifier_meta,
         finished=finished,
@@ -265,87 +295,128 @@ def finished_run(out_dir: Path, num_samples: int) -> dict[str, Any] | None:
 
 
 def finish(
-    cfg: DictConfig,
+    spec: SampleSpec,
     trainer: L.Trainer,
     out_dir: Path,
     writer: ShardWriter,
     num_classes: int,
     metrics: GenerativeMetrics | None,
     *,
+    record: dict[str, Any],
     resumed: bool,
     classifier_meta: dict[str, Any] | None = None,
     finished: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """Merge the shards into ADM's ``samples.npz`` (or reuse a finished one), then the grid,
+    metrics, diagnostics and snapshots, and ``sampling.json``: the run's record of what it
+    ran, the numbers, and the resolved config."""
     npz = out_dir / "samples.npz"
-    if finished:
-        merged = finished_samples(out_dir)
-    else:
-        merged = merge_shards(out_dir / "shards", int(cfg.sampling.num_samples))
-        save_npz(npz, arr_0=merged["images"], arr_1=merged["labels"])
-        stat = npz.stat()
-        atomic_write_json(
-            {
-                "num_samples": int(merged["images"].shape[0]),
-                "size": stat.st_size,
-                "mtime_ns": stat.st_mtime_ns,
-            },
-            out_dir / "complete.json",
-        )
-    grid = save_image_grid(
-        torch.from_numpy(grid_selection(merged["images"], merged["labels"], num_classes, 10)),
-        out_dir / "grid.png",
-        ncols=10,
-        upscale=4 if merged["images"].shape[1] <= 64 else 1,
-    )
-    log_image(trainer, "samples/grid", grid, f"{cfg.guidance.name} scale {cfg.guidance.scale}")
-    record: dict[str, Any] = {
+    merged = finished_samples(out_dir) if finished else merge_into_npz(out_dir, spec, npz)
+    label = f"{spec.guidance.name} scale {spec.guidance.scale:g}"
+    grid = save_grid(trainer, merged, num_classes, out_dir / "grid.png", label)
+    smece = classifier_smece(classifier_meta or {})
+    result: dict[str, Any] = {
         "samples": str(npz),
         "grid": str(grid),
         "num_samples": int(merged["images"].shape[0]),
-        "guidance": cfg.guidance.name,
-        "scale": float(cfg.guidance.scale),
-        "classifier": cfg.classifier.checkpoint if is_guided(cfg) else None,
-        "temperature": float(cfg.guidance.temperature),
-        "seed": int(cfg.seed),
         "out_dir": str(out_dir),
-        "classifier_smece": classifier_smece(classifier_meta or {}),
+        "run": record,
+        "classifier_smece": smece,
         # The resolved job config, so a multirun folder can be aggregated from these files alone.
-        "config": job_config(cfg),
+        "config": spec.config,
     }
-    if record["classifier_smece"] is not None:
+    if smece is not None:
         for logger in trainer.loggers:
-            logger.log_metrics({"classifier_smece": record["classifier_smece"]})
+            logger.log_metrics({"classifier_smece": smece})
     if metrics is not None:
-        if resumed:
-            metrics.results = evaluate_samples(
-                metrics,
-                merged["images"],
-                merged["labels"],
-                output_dir=out_dir,
-                device=trainer.strategy.root_device,
+        result.update(report_metrics(trainer, metrics, merged, out_dir, resumed=resumed))
+    result.update(save_diagnostics(spec, trainer, merged, writer, out_dir))
+    text = json.dumps(result, indent=2)
+    atomic_write_text(text, out_dir / "sampling.json")
+    # Also in Hydra's run folder, where multirun aggregation looks for it.
+    atomic_write_text(text, Path(spec.paths.output_dir) / "sampling.json")
+    print(f"calguide: {result['num_samples']} samples -> {npz}\ncalguide: grid -> {grid}")
+    return result
+
+
+def merge_into_npz(out_dir: Path, spec: SampleSpec, npz: Path) -> dict[str, Any]:
+    """The shards merged into ``samples.npz``, with its completion record."""
+    merged = merge_shards(out_dir / "shards", spec.sampling.num_samples)
+    save_npz(npz, arr_0=merged["images"], arr_1=merged["labels"])
+    stat = npz.stat()
+    atomic_write_json(
+        {
+            "num_samples": int(merged["images"].shape[0]),
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+        },
+        out_dir / "complete.json",
+    )
+    return merged
+
+
+def save_grid(
+    trainer: L.Trainer, merged: dict[str, Any], num_classes: int, path: Path, caption: str
+) -> Path:
+    grid = save_image_grid(
+        torch.from_numpy(grid_selection(merged["images"], merged["labels"], num_classes, 10)),
+        path,
+        ncols=10,
+        upscale=4 if merged["images"].shape[1] <= 64 else 1,
+    )
+    log_image(trainer, "samples/grid", grid, caption)
+    return grid
+
+
+def report_metrics(
+    trainer: L.Trainer,
+    metrics: GenerativeMetrics,
+    merged: dict[str, Any],
+    out_dir: Path,
+    *,
+    resumed: bool,
+) -> dict[str, Any]:
+    """The metrics (recomputed from the merged set after a resume) and the kept features."""
+    if resumed:
+        metrics.results = evaluate_samples(
+            metrics,
+            merged["images"],
+            merged["labels"],
+            output_dir=out_dir,
+            device=trainer.strategy.root_device,
+        )
+        for logger in trainer.loggers:
+            logger.log_metrics(
+                {k: v for k, v in metrics.results.items() if isinstance(v, (int, float))}
             )
-            for logger in trainer.loggers:
-                logger.log_metrics(
-                    {k: v for k, v in metrics.results.items() if isinstance(v, (int, float))}
-                )
-        record["metrics"] = metrics.results
-        kept = out_dir / EVAL_FEATURES
-        if metrics.keep_features and kept.is_file():
-            record["eval_features"] = str(kept)
-        print("calguide: metrics " + json.dumps(metrics.results))
-    if merged["diagnostics"]:
-        record["diagnostics_csv"] = str(
-            write_diagnostics_csv(merged["diagnostics"], out_dir / "diagnostics.csv")
-        )
-    if merged["diagnostics"] and cfg.sampling.figures:
-        curves = plot_diagnostics(
-            {f"{cfg.guidance.name} s={cfg.guidance.scale:g}": merged["diagnostics"]},
-            out_dir / "diagnostics.png",
-        )
-        log_image(trainer, "diagnostics/curves", curves)
-        record["diagnostics_png"] = str(curves)
+    found: dict[str, Any] = {"metrics": metrics.results}
+    kept = out_dir / EVAL_FEATURES
+    if metrics.keep_features and kept.is_file():
+        found["eval_features"] = str(kept)
+    print("calguide: metrics " + json.dumps(metrics.results))
+    return found
+
+
+def save_diagnostics(
+    spec: SampleSpec,
+    trainer: L.Trainer,
+    merged: dict[str, Any],
+    writer: ShardWriter,
+    out_dir: Path,
+) -> dict[str, str]:
+    """The per-timestep diagnostics (CSV, figure) and the x̂₀ / gradient snapshots."""
+    saved: dict[str, str] = {}
+    diagnostics = merged["diagnostics"]
+    if diagnostics:
+        csv = write_diagnostics_csv(diagnostics, out_dir / "diagnostics.csv")
+        saved["diagnostics_csv"] = str(csv)
+        if spec.sampling.figures:
+            label = f"{spec.guidance.name} s={spec.guidance.scale:g}"
+            curves = plot_diagnostics({label: diagnostics}, out_dir / "diagnostics.png")
+            log_image(trainer, "diagnostics/curves", curves)
+            saved["diagnostics_png"] = str(curves)
     if writer.snapshots:
-        steps: dict[int, dict[str, torch.Tensor]] = {}
+        steps: dict[int, dict[str, list[torch.Tensor]]] = {}
         for part in writer.snapshots:
             for t, tensors in part["steps"].items():
                 entry = steps.setdefault(t, {"pred_x0": [], "grad": []})
@@ -354,13 +425,8 @@ def finish(
         stacked = {t: {k: torch.cat(v) for k, v in e.items()} for t, e in steps.items()}
         snap = save_snapshots(stacked, out_dir / "snapshots.png")
         if snap is not None:
-            record["snapshots_png"] = str(snap)
-    text = json.dumps(record, indent=2)
-    atomic_write_text(text, out_dir / "sampling.json")
-    # Also in Hydra's run folder, where multirun aggregation looks for it.
-    atomic_write_text(text, Path(cfg.paths.output_dir) / "sampling.json")
-    print(f"calguide: {record['num_samples']} samples -> {npz}\ncalguide: grid -> {grid}")
-    return record
+            saved["snapshots_png"] = str(snap)
+    return saved
 
 
 def finished_samples(out_dir: Path) -> dict[str, Any]:

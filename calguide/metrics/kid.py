@@ -5,7 +5,7 @@ Unlike FID, its estimator has no sample-size bias when the samples are drawn ind
 two rows compared at a few hundred samples are compared on the same quantity as at 50,000.
 (Samples drawn with *balanced* labels are a stratified sample of the class mixture: the share
 of same-class pairs is (n/K − 1)/(n − 1) instead of 1/K, which biases any pair statistic by
-O(1/n) — README, "Verdicts".)
+O(1/n) — docs/verdicts.md.)
 
 The estimator is torch-fidelity's and torchmetrics': for sets of n and m rows,
 

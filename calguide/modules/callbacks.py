@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from calguide.io import log_image
 from calguide.modules.denoiser import DenoiserModule, export_denoiser
-from calguide.sampling.grid import save_image_grid
+from calguide.samples.grid import save_image_grid
 
 
 class ExportDenoiser(L.Callback):

@@ -17,7 +17,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from calguide.diffusion import GaussianDiffusion, sample_loop
+from calguide.diffusion import GaussianDiffusion, build_sampler, sample_loop
 from calguide.errors import CheckpointError
 from calguide.io import atomic_torch_save
 from calguide.nets import create_unet, extract_state_dict, load_weights, read_weights_file
@@ -163,8 +163,9 @@ def sample_unguided(
         chain,
         lambda x, t: net(x, t, cond),
         x_T,
-        sampler=str(diffusion.get("sampler", "ddpm")),
-        eta=float(diffusion.get("eta", 0.0)),
+        sampler=build_sampler(
+            str(diffusion.get("sampler", "ddpm")), **dict(diffusion.get("sampler_params") or {})
+        ),
         clip_denoised=bool(diffusion.get("clip_denoised", True)),
         noise_fn=lambda i, x: torch.randn(x.shape, generator=generator, device=device),
         progress=progress,

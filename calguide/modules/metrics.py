@@ -8,22 +8,18 @@ Contract with the sampling module: ``predict_step`` returns a dict with
 - ``"indices"``: int64 ``[N]``, the global sample indices (used to drop repeated samples).
 
 The metrics are entries of :mod:`calguide.metrics.registry` (by default ``fid``,
-``precision_recall`` and ``class_acc``), each with its own per-rank state. Per batch the callback
-drops the indices this rank has already seen, extracts features and/or evaluation-classifier
-logits once for all entries (it never keeps images) and hands them to every entry's ``update``.
-At the end of ``trainer.predict`` the ranks' states are gathered on rank 0 and combined per
-entry; an index generated on several ranks (e.g. by a padding ``DistributedSampler``) is counted
-once: the callback keeps each entry's ``sample_rows`` of the last ``dedup_window`` samples per
-rank and hands a repeat's rows to the entry's ``remove``. Rank 0 computes the entries' results,
-logs the scalar ones to ``trainer.loggers``, writes ``metrics.json`` to ``output_dir``
-(atomically), and every rank gets them in :attr:`GenerativeMetrics.results`.
+``precision_recall``, ``class_acc`` and ``kid``). Each process accumulates the batches it
+predicts (:class:`~calguide.metrics.accumulate.RankAccumulator`: repeated indices dropped,
+features extracted once for every entry); at the end of ``trainer.predict`` the processes'
+states are gathered on rank 0 and combined per entry, each index counted once. Rank 0 computes
+the entries' results, logs the scalar ones to ``trainer.loggers``, writes ``metrics.json`` to
+``output_dir`` (atomically), and every rank gets them in :attr:`GenerativeMetrics.results`.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,18 +30,19 @@ import torch.distributed as dist
 from torch import Tensor
 
 from calguide.io import atomic_write_json
-from calguide.metrics._subset import SampleBuffer
-from calguide.metrics.features import FeatureExtractor, as_uint8_nhwc
+from calguide.metrics.accumulate import (
+    RankAccumulator,
+    combine_rank_states,
+    combine_states,
+    compute_results,
+)
+from calguide.metrics.features import FeatureExtractor
 from calguide.metrics.per_sample import EVAL_FEATURES, combine_kept, write_eval_features
 from calguide.metrics.registry import (
     BUILTIN_METRICS,
-    ClassAccuracyMetric,
-    ComputeContext,
     Metric,
-    MetricBatch,
     MetricOptions,
     field_of,
-    get_metric,
     metric_keys,
     resolve_metrics,
 )
@@ -55,54 +52,6 @@ __all__ = ["METRIC_NAMES", "GenerativeMetrics", "combine_rank_states", "combine_
 METRIC_NAMES = metric_keys(BUILTIN_METRICS)
 """The built-in entries' loggable keys: ("fid", "precision", "recall", "class_acc")."""
 _ERROR_KEY = "__error__"
-
-
-def combine_states(states: list[dict[str, Any]], metrics: Sequence[Metric]) -> dict[str, Any]:
-    """Merge per-rank states (see ``GenerativeMetrics.local_state``), counting each index once.
-
-    Every entry combines its ranks' states; a sample index produced on several ranks is kept
-    on one and taken back (``Metric.remove``) from the others' contributions, using the rows
-    they kept of their last ``dedup_window`` samples (where a padding ``DistributedSampler``
-    puts its repeats). Returns ``{"num_samples": unique indices, "metrics": {name: combined}}``.
-    """
-    seen = [s["seen"] for s in states]
-    all_idx = torch.cat(seen) if seen else torch.empty(0, dtype=torch.int64)
-    uniq, counts = torch.unique(all_idx, return_counts=True)
-    dups = uniq[counts > 1]
-
-    combined = {m.name: m.combine([s["metrics"][m.name] for s in states]) for m in metrics}
-
-    if dups.numel():
-        tails = [{int(i): row for row, i in enumerate(s["tail_indices"].tolist())} for s in states]
-        for v in dups.tolist():
-            holders = [r for r, s in enumerate(seen) if bool((s == v).any())]
-            outside = [r for r in holders if v not in tails[r]]
-            if len(outside) > 1:
-                raise RuntimeError(
-                    f"sample index {v} was generated on ranks {holders}, and on ranks {outside} "
-                    "it is not among the last `dedup_window` samples, so the duplicate cannot "
-                    "be taken back. Does every rank generate every sample (no distributed "
-                    "sampler)? Otherwise raise GenerativeMetrics(dedup_window=...)."
-                )
-            keeper = outside[0] if outside else holders[0]
-            for r in holders:
-                if r == keeper:
-                    continue
-                row = tails[r][v]
-                for m in metrics:
-                    rows = {k: t[row : row + 1] for k, t in states[r]["tail"][m.name].items()}
-                    combined[m.name] = m.remove(combined[m.name], rows)
-    return {"num_samples": int(uniq.numel()), "metrics": combined}
-
-
-def combine_rank_states(
-    states: list[dict[str, Any]], max_pr_samples: int | None, seed: int = 0
-) -> dict[str, Any]:
-    """:func:`combine_states` with the registry entries named in the states, built with these
-    options (the other options do not change how the built-in entries combine)."""
-    options = MetricOptions(max_pr_samples=max_pr_samples, seed=seed)
-    names = list(states[0]["metrics"]) if states else []
-    return combine_states(states, [get_metric(n).from_options(options) for n in names])
 
 
 class GenerativeMetrics(L.Callback):
@@ -173,39 +122,37 @@ class GenerativeMetrics(L.Callback):
             seed=seed,
         )
         self.metrics: tuple[Metric, ...] = resolve_metrics(metrics, options)
-        if dedup_window < 0:
-            raise ValueError(f"dedup_window must be >= 0, got {dedup_window}")
-        if classifier is not None and not callable(getattr(classifier, "logits", None)):
-            raise TypeError("classifier must have a logits(images_uint8) method")
+        self.accumulator = RankAccumulator(
+            self.metrics,
+            extractor,
+            classifier,
+            dedup_window=dedup_window,
+            keep_features=keep_features,
+        )
         self.extractor = extractor
         self.reference = reference
         self.classifier = classifier
         self.output_dir = Path(output_dir) if output_dir is not None else None
-        self.dedup_window = dedup_window
         self.keep_features = keep_features
         self.results: dict[str, Any] | None = None
         self.per_sample: dict[str, Tensor] | None = None
-        self.reset()
 
     @property
     def metric_keys(self) -> tuple[str, ...]:
         """The loggable result keys of the selected metrics, in order."""
         return tuple(key for m in self.metrics for key in m.keys)
 
-    def _needs(self, what: str) -> bool:
-        return any(what in m.inputs for m in self.metrics)
-
-    # -- per-rank accumulation --------------------------------------------------------------
     def reset(self) -> None:
         """Forget everything accumulated (called at every predict start)."""
-        self._states: dict[str, Any] = {m.name: m.new_state() for m in self.metrics}
-        self._seen: set[int] = set()
-        self._seen_chunks: list[Tensor] = []
-        self._tail: deque[tuple[Tensor, dict[str, Mapping[str, Tensor]]]] = deque()
-        self._tail_rows = 0
-        self._kept = SampleBuffer(None, torch.float16) if self.keep_features else None
-        self._kept_labels: list[Tensor] = []
-        self._kept_correct: list[Tensor] = []
+        self.accumulator.reset()
+
+    def update(self, outputs: Mapping[str, Tensor]) -> None:
+        """Consume one ``predict_step`` output (also usable without a Trainer)."""
+        self.accumulator.update(outputs)
+
+    def local_state(self) -> dict[str, Any]:
+        """This rank's accumulated state as CPU data (what is gathered on rank 0)."""
+        return self.accumulator.local_state()
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.reset()
@@ -227,105 +174,6 @@ class GenerativeMetrics(L.Callback):
         dataloader_idx: int = 0,
     ) -> None:
         self.update(outputs)
-
-    def update(self, outputs: Mapping[str, Tensor]) -> None:
-        """Consume one ``predict_step`` output (also usable without a Trainer)."""
-        if not isinstance(outputs, Mapping) or "images" not in outputs or "indices" not in outputs:
-            got = sorted(outputs) if isinstance(outputs, Mapping) else type(outputs).__name__
-            raise TypeError(
-                "GenerativeMetrics needs predict_step to return a dict with 'images' (uint8 "
-                f"N×H×W×C), 'labels' (int64 N) and 'indices' (int64 N); got {got}"
-            )
-        images = as_uint8_nhwc(outputs["images"])
-        indices = torch.as_tensor(outputs["indices"]).detach().cpu().to(torch.int64).reshape(-1)
-        labels = outputs.get("labels")
-        if labels is not None:
-            labels = torch.as_tensor(labels).detach().cpu().to(torch.int64).reshape(-1)
-        n = images.shape[0]
-        if indices.shape[0] != n or (labels is not None and labels.shape[0] != n):
-            raise ValueError(
-                f"predict_step output lengths differ: {n} images, {indices.shape[0]} indices"
-                + ("" if labels is None else f", {labels.shape[0]} labels")
-            )
-        # Drop indices this rank has already seen (also repeats inside the batch).
-        keep, fresh = [], set()
-        for pos, i in enumerate(indices.tolist()):
-            if i not in self._seen and i not in fresh:
-                fresh.add(i)
-                keep.append(pos)
-        if not keep:
-            return
-        if len(keep) < n:
-            sel = torch.tensor(keep, dtype=torch.int64)
-            images, indices = images[sel.to(images.device)], indices[sel]
-            labels = labels[sel] if labels is not None else None
-
-        want_feats = self._needs("features") or self.keep_features
-        want_logits = self.classifier is not None and labels is not None and self._needs("logits")
-        feats = logits = None
-        if (
-            want_feats
-            and want_logits
-            and self.classifier is self.extractor
-            and hasattr(self.extractor, "features_and_logits")
-        ):
-            feats, logits = self.extractor.features_and_logits(images)
-        else:
-            feats = self.extractor(images) if want_feats else None
-            logits = self.classifier.logits(images) if want_logits else None
-        if feats is not None and (feats.ndim != 2 or feats.shape[0] != indices.shape[0]):
-            raise ValueError(f"extractor returned features of shape {tuple(feats.shape)}")
-        batch = MetricBatch(indices=indices, labels=labels, features=feats, logits=logits)
-
-        if self._kept is not None:  # before the metrics: a float16 overflow leaves all unseen
-            self._kept.add(indices, feats)
-            self._kept_labels.append(labels if labels is not None else torch.full_like(indices, -1))
-            self._kept_correct.append(ClassAccuracyMetric._correct(batch))
-        rows = {m.name: m.sample_rows(batch) for m in self.metrics} if self.dedup_window else {}
-        for m in self.metrics:  # fid first by default: it validates before changing anything
-            m.update(self._states[m.name], batch)
-        self._seen.update(fresh)
-        self._seen_chunks.append(indices)
-        if self.dedup_window:
-            self._tail.append((indices, rows))
-            self._tail_rows += indices.shape[0]
-            while self._tail and self._tail_rows - self._tail[0][0].shape[0] >= self.dedup_window:
-                self._tail_rows -= self._tail.popleft()[0].shape[0]
-
-    def local_state(self) -> dict[str, Any]:
-        """This rank's accumulated state as CPU data (what is gathered on rank 0)."""
-        if self._tail:
-            t_idx = torch.cat([t[0] for t in self._tail])
-            tail = {
-                m.name: {
-                    key: torch.cat([t[1][m.name][key] for t in self._tail])
-                    for key in self._tail[0][1][m.name]
-                }
-                for m in self.metrics
-            }
-        else:
-            t_idx = torch.empty(0, dtype=torch.int64)
-            tail = {m.name: {} for m in self.metrics}
-        seen = (
-            torch.cat(self._seen_chunks) if self._seen_chunks else torch.empty(0, dtype=torch.int64)
-        )
-        state = {
-            "seen": seen,
-            "tail_indices": t_idx,
-            "tail": tail,
-            "metrics": {m.name: m.state_dict(self._states[m.name]) for m in self.metrics},
-        }
-        if self._kept is not None:
-            idx, feats = self._kept.tensors()
-            state["kept"] = {
-                "indices": idx,
-                "features": feats,
-                "labels": torch.cat(self._kept_labels) if self._kept_labels else idx.clone(),
-                "correct": torch.cat(self._kept_correct)
-                if self._kept_correct
-                else idx.to(torch.int8),
-            }
-        return state
 
     # -- end of prediction ------------------------------------------------------------------
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -375,23 +223,8 @@ class GenerativeMetrics(L.Callback):
         return ref
 
     def _compute(self, combined: dict[str, Any], device: torch.device) -> dict[str, Any]:
-        ext_name = getattr(self.extractor, "name", None)
-        ctx = ComputeContext(device, ext_name, self._resolve_reference)
-        parts: dict[str, dict[str, Any]] = {}
-        for m in self.metrics:
-            out = dict(m.compute(combined["metrics"][m.name], ctx))
-            declared = m.keys + m.extra_keys
-            if set(out) != set(declared):
-                raise RuntimeError(
-                    f"metric {m.name!r} returned keys {sorted(out)} but declares {list(declared)}"
-                )
-            parts[m.name] = out
-        # Scalars first, then the counts and the extractor (the historical order of the keys).
-        results = {key: parts[m.name][key] for m in self.metrics for key in m.keys}
-        results["num_samples"] = combined["num_samples"]
-        results.update({key: parts[m.name][key] for m in self.metrics for key in m.extra_keys})
-        results["extractor"] = ext_name
-        return results
+        name = getattr(self.extractor, "name", None)
+        return compute_results(self.metrics, combined, name, self._resolve_reference, device)
 
     def _publish(self, results: dict[str, Any], trainer: L.Trainer) -> None:
         metrics = {

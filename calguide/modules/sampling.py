@@ -21,10 +21,17 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from calguide.diffusion import GaussianDiffusion, Sampler, StepOutput, build_sampler, sample_loop
+from calguide.diffusion import (
+    GaussianDiffusion,
+    Sampler,
+    StepOutput,
+    build_sampler,
+    describe_chain,
+    sample_loop,
+)
 from calguide.guidance.hook import ClassifierGuidance
-from calguide.sampling.grid import to_uint8
-from calguide.sampling.noise import NOISE_MODES, PRECISIONS, BatchNoise, PerSampleNoise
+from calguide.samples.grid import to_uint8
+from calguide.samples.noise import NOISE_MODES, PRECISIONS, BatchNoise, PerSampleNoise
 
 
 class SamplingModule(L.LightningModule):
@@ -37,7 +44,6 @@ class SamplingModule(L.LightningModule):
         class_cond: bool,
         guidance: ClassifierGuidance | None = None,
         sampler: Sampler | str = "ddpm",
-        eta: float = 0.0,
         clip_denoised: bool = True,
         seed: int = 0,
         precision: str = "32",
@@ -59,8 +65,7 @@ class SamplingModule(L.LightningModule):
         if channels_last and len(sample_shape) != 3:
             raise ValueError("sampling.channels_last=true needs image samples (C, H, W)")
         if isinstance(sampler, str):
-            sampler = build_sampler(sampler, **({"eta": eta} if sampler == "ddim" else {}))
-        sampler.check(guidance)  # before any work: e.g. DDIM refuses x̂₀-space guidance
+            sampler = build_sampler(sampler)
         self.denoiser = denoiser.eval().requires_grad_(False)
         self.diffusion = diffusion
         self.guidance = guidance
@@ -82,6 +87,33 @@ class SamplingModule(L.LightningModule):
         self.snapshot_timesteps = {int(t) for t in snapshot_timesteps}
         self.snapshot_count = int(snapshot_count)
         self.progress = progress
+        # Denoiser rows evaluated and samples drawn by this process: what ran, counted.
+        self.evaluated_rows = 0
+        self.drawn_samples = 0
+
+    @property
+    def evaluations_per_sample(self) -> float | None:
+        """Network evaluations per sample counted in this process (``None`` before any)."""
+        return self.evaluated_rows / self.drawn_samples if self.drawn_samples else None
+
+    def describe(self) -> dict[str, Any]:
+        """What this module runs, read off the built objects: the chain and its sampler, the
+        network evaluations per sample (one more per step when guidance differentiates through
+        the denoiser), x̂₀ clipping, precision and fast paths, the guidance."""
+        described = describe_chain(self.diffusion, self.sampler)
+        if self.guidance is not None and self.guidance.needs_denoiser:
+            described["network_evaluations"] *= 2
+        return {
+            **described,
+            "clip_denoised": bool(self.clip_denoised),
+            "noise": self.noise,
+            "compute": {
+                "precision": self.precision,
+                "channels_last": bool(self.channels_last),
+                "compile": self._forward[0] is not self.denoiser,
+            },
+            "guidance": self.guidance.describe() if self.guidance is not None else None,
+        }
 
     def autocast(self):
         dtype = PRECISIONS[self.precision]
@@ -96,6 +128,7 @@ class SamplingModule(L.LightningModule):
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
 
         def call(x: Tensor, t: Tensor) -> Tensor:
+            self.evaluated_rows += int(x.shape[0])
             with self.autocast():
                 return forward(x.contiguous(memory_format=memory_format), t, cond).float()
 
@@ -150,6 +183,7 @@ class SamplingModule(L.LightningModule):
             progress=self.progress,
             callback=observe if self.snapshot_timesteps and self.snapshot_count else None,
         )
+        self.drawn_samples += int(x_T.shape[0])
         diagnostics = guidance.diagnostics.per_timestep() if guidance is not None else {}
         return {
             "indices": indices.cpu(),

@@ -1,7 +1,7 @@
 """Comparisons with a stated error rate: intervals, family-wise levels, paired resampling.
 
-Pure functions on numbers and tensors; :mod:`calguide.tools.claims` applies them to the runs
-of a table (README, "Verdicts").
+Pure functions on numbers and tensors; :mod:`calguide.verdicts` applies them to the runs
+of a table (docs/verdicts.md).
 """
 
 from calguide.stats.intervals import (

@@ -1,1 +1,0 @@
-"""The pipeline's command-line tools: what runs between and after jobs."""

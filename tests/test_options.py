@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hydra import compose as hydra_compose
-from hydra import initialize_config_dir
 from omegaconf import OmegaConf
 
 from calguide.config import compose, conf_dir, release
+from calguide.config.compose import option_config
 
 COMMANDS = ("sample", "calibrate", "train", "eval", "lab")
 # Hydra's own node and where files go: not choices a run's result depends on.
@@ -55,10 +54,7 @@ def option_values(group: str, option: str) -> dict[str, Any]:
         body.pop("defaults", None)
         return leaves(body)
     release()
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        alone = hydra_compose(overrides=[f"+{group}={option}"])
-    node = OmegaConf.to_container(alone[group.split("/")[0]], resolve=False)
-    return leaves(node, f"{group.split('/')[0]}.")
+    return leaves(option_config(group, option), f"{group.split('/')[0]}.")
 
 
 CASES = [

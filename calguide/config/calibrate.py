@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from calguide.calibration.inputs import INPUT_MODES
 from calguide.config.base import RunSpec, at_least, choice, in_range, run_fields, section
-from calguide.config.shared import ClassifierConfig, DataConfig, DiffusionConfig
+from calguide.config.shared import ClassifierConfig, DataConfig, DiffusionConfig, OptimConfig
 from calguide.errors import ConfigError
 
 
@@ -89,15 +89,11 @@ class EvaluationConfig:
 
 
 @dataclass
-class ClassifierOptimConfig:
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 20
+class ClassifierOptimConfig(OptimConfig):
+    """The shared optimiser with a fine-tune's defaults (a smaller rate, a short warm-up)."""
 
-    def __post_init__(self) -> None:
-        in_range("optim.lr", self.lr, 1e-12, 10.0)
-        at_least("optim.weight_decay", self.weight_decay, 0.0)
-        at_least("optim.warmup_steps", self.warmup_steps, 0)
+    lr: float = 2e-4
+    warmup_steps: int = 20
 
 
 @dataclass(frozen=True, kw_only=True)

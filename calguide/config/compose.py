@@ -81,25 +81,35 @@ def release() -> None:
     GlobalHydra.instance().clear()
 
 
-def guidance_option(name: str) -> dict[str, Any]:
-    """``conf/guidance/<name>.yaml`` as Hydra composes it (its defaults list included), through
-    the config search path of the running application (or calguide's own ``conf/``)."""
+def option_config(group: str, option: str) -> dict[str, Any]:
+    """``conf/<group>/<option>.yaml`` as Hydra composes it alone (its defaults list included),
+    through the config search path of the running application (or calguide's own ``conf/``);
+    the node at the group's package, unresolved."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
 
     def composed() -> dict[str, Any]:
-        cfg = hydra_compose(overrides=[f"+guidance={name}"])
-        return OmegaConf.to_container(cfg.guidance, resolve=True)  # type: ignore[return-value]
+        cfg = hydra_compose(overrides=[f"+{group}={option}"])
+        return OmegaConf.to_container(cfg[group.split("/")[0]], resolve=False)  # type: ignore
+
+    if GlobalHydra.instance().is_initialized():
+        return composed()
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        return composed()
+
+
+def guidance_option(name: str) -> dict[str, Any]:
+    """``guidance=<name>`` as Hydra composes it, resolved; a ConfigError listing the options
+    for a name that is none."""
+    from hydra.errors import HydraException
 
     try:
         if not name:
             raise HydraException("no option")
-        if GlobalHydra.instance().is_initialized():
-            return composed()
-        with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-            return composed()
+        return OmegaConf.to_container(  # type: ignore[return-value]
+            OmegaConf.create(option_config("guidance", name)), resolve=True
+        )
     except HydraException:
         options = sorted(p.stem for p in (conf_dir() / "guidance").glob("*.yaml"))
         raise ConfigError(f"guidance={name!r}: one of {', '.join(options)}") from None

@@ -112,6 +112,20 @@ class ClassifierConfig:
 
 
 @dataclass
+class OptimConfig:
+    """AdamW after a linear warm-up: what training and calibration share (``optim``)."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 200
+
+    def __post_init__(self) -> None:
+        in_range("optim.lr", self.lr, 1e-12, 10.0)
+        at_least("optim.weight_decay", self.weight_decay, 0.0)
+        at_least("optim.warmup_steps", self.warmup_steps, 0)
+
+
+@dataclass
 class MetricsConfig:
     kind: str = "none"
     evaluator: str | None = None

@@ -7,22 +7,19 @@ from dataclasses import dataclass
 from omegaconf import DictConfig
 
 from calguide.config.base import RunSpec, at_least, in_range, run_fields, section
-from calguide.config.shared import DataConfig, DenoiserConfig, DiffusionConfig
+from calguide.config.shared import DataConfig, DenoiserConfig, DiffusionConfig, OptimConfig
 from calguide.errors import ConfigError
 
 
 @dataclass
-class OptimConfig:
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 200
+class DenoiserOptimConfig(OptimConfig):
+    """The shared optimiser plus the denoiser's EMA and gradient clipping."""
+
     ema_decay: float = 0.999
     grad_clip: float = 1.0
 
     def __post_init__(self) -> None:
-        in_range("optim.lr", self.lr, 1e-12, 10.0)
-        at_least("optim.weight_decay", self.weight_decay, 0.0)
-        at_least("optim.warmup_steps", self.warmup_steps, 0)
+        super().__post_init__()
         in_range("optim.ema_decay", self.ema_decay, 0.0, 1.0, high_open=True)
         at_least("optim.grad_clip", self.grad_clip, 0.0)
 
@@ -44,7 +41,7 @@ class TrainSpec(RunSpec):
     data: DataConfig
     denoiser: DenoiserConfig
     diffusion: DiffusionConfig
-    optim: OptimConfig
+    optim: DenoiserOptimConfig
     sample_grid: SampleGridConfig
     out_dir: str
     resume: bool = True
@@ -58,7 +55,7 @@ class TrainSpec(RunSpec):
             data=section(cfg, "data", DataConfig),
             denoiser=section(cfg, "denoiser", DenoiserConfig),
             diffusion=section(cfg, "diffusion", DiffusionConfig),
-            optim=section(cfg, "optim", OptimConfig),
+            optim=section(cfg, "optim", DenoiserOptimConfig),
             sample_grid=section(cfg, "sample_grid", SampleGridConfig),
             out_dir=str(cfg.out_dir),
             resume=bool(cfg.get("resume", True)),

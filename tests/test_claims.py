@@ -16,7 +16,7 @@ from calguide.metrics.fid import FeatureStats
 from calguide.metrics.per_sample import write_eval_features
 from calguide.tables import records as run_records
 from calguide.tables import summary as summ
-from calguide.verdicts import NOT_JUDGED, Settings, clear_caches, judge
+from calguide.verdicts import NOT_JUDGED, ClaimError, Settings, clear_caches, judge
 
 D = 3
 MIX = torch.tensor([[1.0, 0.3, 0.0], [0.0, 0.8, 0.2], [0.1, 0.0, 0.6]])
@@ -93,7 +93,60 @@ def test_known_differences_get_the_right_words(tmp_path, reference_file) -> None
     assert first.resolvable == pytest.approx((first.hi - first.lo) / 2)
     block = verdict_block(verdicts, settings)
     assert "- b beats a: **supported** (fid" in block and "98.33% interval" in block
-    assert "5% family-wise error rate" in block
+    assert "3 judged claims share one 5% error rate" in block
+    # Centred on the bias-corrected difference, the plug-in beside it.
+    assert first.plugin is not None and first.plugin != first.difference
+    assert f"d = {first.difference:+.3g} (plug-in {first.plugin:+.3g})" in block
+
+
+def test_one_error_rate_for_the_whole_table(tmp_path, reference_file) -> None:
+    """Families only group claims for reading: every interval is at 1 − 0.05/m, m the
+    table's judged claims."""
+    clear_caches()
+    records = [
+        run_record(tmp_path, name, 0, draw(200, seed, shift), reference_file)
+        for name, seed, shift in (("a", 1, 0.6), ("b", 2, 0.0), ("c", 3, 0.0))
+    ]
+    claims = [
+        claim("b", "a", family="one"),
+        claim("b", "c", family="two"),
+        claim("c", "a", family="two"),
+    ]
+    verdicts = judge(records, claims, Settings())
+    assert [v.level for v in verdicts] == pytest.approx([1 - 0.05 / 3] * 3)
+    block = verdict_block(verdicts, Settings())
+    assert "*one* (1 judged claim)" in block and "*two* (2 judged claims)" in block
+
+
+def test_equivalence_claims_are_two_one_sided_tests(tmp_path, reference_file) -> None:
+    clear_caches()
+    records = []
+    for seed in range(2):
+        records.append(run_record(tmp_path, "a", seed, draw(300, seed, 0.6), reference_file))
+        records.append(run_record(tmp_path, "b", seed, draw(300, 100 + seed, 0.0), reference_file))
+        records.append(run_record(tmp_path, "c", seed, draw(300, 200 + seed, 0.0), reference_file))
+
+    def same(a: str, b: str, margin: float) -> dict:
+        return {
+            "id": f"{a}={b}",
+            "text": f"{a} equals {b} within ±{margin}",
+            "metric": "fid",
+            "margin": margin,
+            "a": {"guidance.name": a},
+            "b": {"guidance.name": b},
+        }
+
+    settings = Settings(block_size=30)
+    found = judge(
+        records, [same("b", "c", 1.0), same("a", "b", 0.05), same("b", "c", 1e-4)], settings
+    )
+    assert [v.verdict for v in found] == ["equivalent", "different", "inconclusive"]
+    assert found[0].level == pytest.approx(1 - 2 * 0.05 / 3)  # two one-sided tests at α/m
+    assert found[0].lo > -1.0 and found[0].hi < 1.0
+    block = verdict_block(found, settings)
+    assert "against ±1" in block and "equivalent when the (1 − 2·0.05/3) interval" in block
+    with pytest.raises(ClaimError, match="margin must be a number > 0"):
+        judge(records, [same("b", "c", 0.0)], settings)
 
 
 def test_intervals_cover_the_true_difference(tmp_path, reference_file) -> None:

@@ -141,3 +141,20 @@ def test_precision_recall_entry_checks_its_options():
         PrecisionRecallMetric(max_pr_samples=3)
     with pytest.raises(ValueError, match="floating dtype"):
         PrecisionRecallMetric(pr_features_dtype="int8")
+
+
+@pytest.mark.parametrize(
+    ("n", "m", "groups", "k"), [(120, 90, 6, 3), (61, 80, 5, 1), (200, 150, 20, 3)]
+)
+def test_leave_one_group_out_recomputes_the_radii(n, m, groups, k) -> None:
+    """Each entry is precision_recall of the kept rows, radii included (a real jackknife)."""
+    from calguide.metrics.prdc import precision_recall_leave_one_out
+
+    gen = torch.Generator().manual_seed(n)
+    real = torch.randn(m, 6, generator=gen)
+    fake = torch.randn(n, 6, generator=gen) * 1.2 + 0.2
+    ids = torch.randperm(n, generator=gen) % groups
+    precision, recall = precision_recall_leave_one_out(real, fake, ids, k, batch_size=37)
+    sets = [fake] + [fake[ids != g] for g in range(groups)]
+    for i, kept in enumerate(sets):
+        assert (precision[i].item(), recall[i].item()) == precision_recall(real, kept, k)

@@ -1,5 +1,6 @@
 """The comparison rule's pieces against closed forms and scipy: critical values, Bonferroni
-levels, Student and jackknife intervals, verdict words, stratified bootstrap draws."""
+levels, Student and jackknife intervals (bias-corrected), verdict and equivalence words,
+Clopper–Pearson intervals."""
 
 from __future__ import annotations
 
@@ -12,16 +13,17 @@ from scipy import stats
 
 from calguide.stats import (
     Interval,
-    bootstrap_weights,
+    clopper_pearson,
     critical_value,
+    equivalence_level,
+    equivalence_of,
+    jackknife_bias_corrected,
     jackknife_interval,
     normal_interval,
     per_claim_level,
-    strata_of,
     t_interval,
     verdict_of,
 )
-from calguide.stats.resample import stratum_correction
 
 
 def test_critical_values_are_students_and_the_normal_ones() -> None:
@@ -85,29 +87,45 @@ def test_verdict_words_follow_the_interval_and_the_claimed_side() -> None:
     assert verdict_of(normal_interval(0.0, 0.0, 0.95, 10)) == "within noise"
 
 
-def test_bootstrap_weights_keep_each_stratum_size_and_are_seeded() -> None:
-    seeds = torch.tensor([0] * 6 + [1] * 4)
-    labels = torch.tensor([0, 1, 0, 1, 0, 1, 2, 2, 3, 3])
-    strata = strata_of(seeds, labels)
-    assert strata.unique().numel() == 4
-    w = bootstrap_weights(strata, 500, seed=3)
-    assert w.shape == (500, 10) and w.dtype == torch.float64
-    for s in strata.unique():
-        assert torch.all(w[:, strata == s].sum(1) == (strata == s).sum())
-    assert torch.equal(w, bootstrap_weights(strata, 500, seed=3))
-    assert not torch.equal(w, bootstrap_weights(strata, 500, seed=4))
-    # Each sample is drawn about once per replicate on average.
-    assert w.mean(0) == pytest.approx(torch.ones(10, dtype=torch.float64), abs=0.15)
+def test_the_jackknife_removes_the_plug_in_variances_bias() -> None:
+    """Quenouille's correction of the plug-in variance (biased by −σ²/n) is exactly the
+    unbiased sample variance: the delete-one jackknife on a closed form."""
+    x = torch.randn(40, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+
+    def plugin_var(v: torch.Tensor) -> float:
+        return float(((v - v.mean()) ** 2).mean())
+
+    loo = [plugin_var(torch.cat([x[:i], x[i + 1 :]])) for i in range(len(x))]
+    corrected = jackknife_bias_corrected(plugin_var(x), loo)
+    assert corrected == pytest.approx(float(x.var(unbiased=True)), rel=1e-12)
+    interval = jackknife_interval(plugin_var(x), loo, 0.95)
+    assert interval.estimate == pytest.approx(corrected) and interval.plugin == plugin_var(x)
+    # For a mean the correction changes nothing: the interval is the t-interval.
+    means = [float(torch.cat([x[:i], x[i + 1 :]]).mean()) for i in range(len(x))]
+    same = jackknife_interval(float(x.mean()), means, 0.95)
+    assert same.estimate == pytest.approx(float(x.mean()), abs=1e-12)
 
 
-def test_stratum_correction_undoes_the_within_stratum_shrinkage() -> None:
-    """The stratified bootstrap's variance of a mean is (k − 1)/k of the usual one per
-    stratum of size k; the correction factor restores it."""
-    torch.manual_seed(0)
-    x = torch.randn(40, dtype=torch.float64)
-    strata = torch.arange(40) % 4  # 4 strata of 10
-    w = bootstrap_weights(strata, 20000, seed=0)
-    boot_sd = float(((w @ x) / 40).std())
-    within = sum(float(x[strata == s].var(unbiased=True)) * 10 for s in range(4)) / 40**2
-    assert boot_sd * stratum_correction(strata) == pytest.approx(math.sqrt(within), rel=0.03)
-    assert stratum_correction(strata) == pytest.approx(math.sqrt(10 / 9))
+def test_equivalence_is_two_one_sided_tests() -> None:
+    assert equivalence_level(1) == pytest.approx(0.90)  # TOST at 5% = the 90% interval
+    assert equivalence_level(5) == pytest.approx(0.98)
+    inside = Interval(0.1, 0.2, 0.9, 20.0, "x", 21)
+    assert equivalence_of(inside, 1.0) == "equivalent"
+    assert equivalence_of(inside, 0.3) == "inconclusive"  # the interval reaches past ±0.3
+    beyond = Interval(2.0, 0.2, 0.9, 20.0, "x", 21)
+    assert equivalence_of(beyond, 1.0) == "different"
+    assert equivalence_of(Interval(-2.0, 0.2, 0.9, 20.0, "x", 21), 1.0) == "different"
+    # The TOST p-value rule: both one-sided t tests reject exactly when the interval fits.
+    lo_t = (inside.estimate + 1.0) / inside.se
+    hi_t = (1.0 - inside.estimate) / inside.se
+    p_tost = max(stats.t.sf(lo_t, 20), stats.t.sf(hi_t, 20))
+    assert (p_tost < 0.05) == (equivalence_of(inside, 1.0) == "equivalent")
+    with pytest.raises(ValueError):
+        equivalence_of(inside, 0.0)
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 100), (5, 100), (3, 1000), (1000, 1000), (7, 7)])
+def test_clopper_pearson_is_scipys_exact_interval(k, n) -> None:
+    lo, hi = clopper_pearson(k, n)
+    ref = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+    assert lo == pytest.approx(ref.low, abs=1e-12) and hi == pytest.approx(ref.high, abs=1e-12)

@@ -57,29 +57,34 @@ def _g(x: float | None) -> str:
 
 
 def verdict_detail(v: Verdict) -> str:
-    """The numbers behind a verdict in one clause (or why it was not judged)."""
+    """The numbers behind a verdict in one clause (or why it was not judged): the rows' values,
+    d (bias-corrected, the plug-in beside it), the interval and what it resolves."""
     if v.verdict == NOT_JUDGED:
         return v.reason
     df = "normal" if v.df is None else f"t, {v.df:g} df"
     level = f"{100 * v.level:.2f}".rstrip("0").rstrip(".")
-    text = (
-        f"{v.metric} {_g(v.better_value)} vs {_g(v.than_value)}: d = {v.difference:+.3g}, "
-        f"{level}% interval [{v.lo:+.3g}, {v.hi:+.3g}] ({df}, {v.units} {v.unit}); "
+    plugin = "" if v.plugin is None else f" (plug-in {v.plugin:+.3g})"
+    margin = "" if v.margin is None else f" against ±{v.margin:g}"
+    return (
+        f"{v.metric} {_g(v.better_value)} vs {_g(v.than_value)}: d = {v.difference:+.3g}{plugin}, "
+        f"{level}% interval [{v.lo:+.3g}, {v.hi:+.3g}]{margin} ({df}, {v.units} {v.unit}); "
         f"resolves |d| ≥ {v.resolvable:.3g}"
     )
-    return text
 
 
 def what_would_resolve(v: Verdict, cost_per_sample_s: float | None = None, samples: int = 0) -> str:
-    """A sentence on what would settle a within-noise claim: the factor on the samples (or on
-    the independent trainings) that brings the resolvable difference down to the observed one,
-    with its cost when the cost of a sample is known."""
-    if v.verdict != "within noise" or v.samples_factor is None:
+    """A sentence on what would settle an undecided claim: the factor on the samples (or on the
+    independent trainings) that brings the interval's half-width down to the corrected |d| (to
+    the room left inside the margin, for an equivalence claim), with its cost when the cost of
+    a sample is known. It assumes the corrected d stays put as the samples grow, which is what
+    the bias correction is for (the plug-in d drifts with n)."""
+    if v.verdict not in ("within noise", "inconclusive") or v.samples_factor is None:
         return ""
     factor = v.samples_factor
+    goal = "resolving" if v.margin is None else "showing equivalence at"
     if v.unit.endswith("values"):  # replicates: more trainings
-        return f"resolving d = {v.difference:+.3g} would need about {factor:.0f}× the trainings"
-    text = f"resolving d = {v.difference:+.3g} would need about {factor:.0f}× the samples"
+        return f"{goal} d = {v.difference:+.3g} would need about {factor:.0f}× the trainings"
+    text = f"{goal} d = {v.difference:+.3g} would need about {factor:.0f}× the samples"
     if cost_per_sample_s is not None and samples:
         minutes = 2 * (factor - 1.0) * samples * cost_per_sample_s / 60.0  # both rows
         cost = f"≈ {minutes:.0f} more minutes" if minutes >= 1 else "under a minute more"
@@ -106,18 +111,32 @@ def verdict_block(
             lines.append(f"- {v.text}: **{v.verdict}** ({verdict_detail(v)}){extra}")
         lines.append("")
     alpha = 100 * settings.alpha
+    judged = sum(v.verdict != NOT_JUDGED for v in verdicts)
+    equivalence = any(v.margin is not None for v in verdicts)
     lines.append(
-        f"Rule (error rate): the claims of a family share a {alpha:g}% family-wise error rate "
-        f"(Bonferroni): with m judged claims each interval is a (1 − {settings.alpha:g}/m) "
-        "two-sided interval for d = (claimed better) − (other), so the chance that any verdict "
-        f"of a family is decisive while its rows do not differ is at most {alpha:g}%. "
-        "supported: the interval lies on the claimed side of 0; contradicted: on the other "
-        "side; within noise: it contains 0; 'resolves' is its half-width. Rows are paired by "
-        "seed and sample index (shared noise and labels); d is the metric of the pooled paired "
-        "samples, its standard error the delete-one-group jackknife over independent groups "
-        "(blocks of sample indices, or seeds) with Student's critical value on groups − 1 "
-        "degrees of freedom; claims about a training method use Student's interval over its "
-        "independent trainings."
+        f"Rule (error rate): the table's {judged} judged claim{'s' if judged != 1 else ''} "
+        f"share one {alpha:g}% error rate (Bonferroni over the table, whatever the families): "
+        f"each interval is a (1 − {settings.alpha:g}/{max(judged, 1)}) two-sided interval for "
+        "d = (claimed better) − (other), so the chance that any verdict of this table is "
+        f"decisive while its rows do not differ is at most {alpha:g}%. supported: the interval "
+        "lies on the claimed side of 0; contradicted: on the other side; within noise: it "
+        "contains 0; 'resolves' is its half-width. "
+        + (
+            f"An equivalence claim (±δ stated with it) is two one-sided tests at "
+            f"{settings.alpha:g}/{max(judged, 1)} each: equivalent when the (1 − "
+            f"2·{settings.alpha:g}/{max(judged, 1)}) interval lies inside ±δ, different when "
+            "it lies wholly beyond ±δ, else inconclusive. "
+            if equivalence
+            else ""
+        )
+        + "Rows are paired by seed and sample index (shared noise and labels); d is the "
+        "jackknife's bias-corrected difference of the pooled paired samples (a claim about the "
+        "distributions: FID's O(1/n) bias differs between rows of different diversity), with "
+        "the plug-in d of these samples beside it; its standard error is the delete-one-group "
+        "jackknife over independent groups (blocks of sample indices, or seeds; every metric, "
+        "k-NN radii included, recomputed on what each group leaves) with Student's critical "
+        "value on groups − 1 degrees of freedom; claims about a training method use Student's "
+        "interval over its independent trainings."
     )
     return "\n".join(lines)
 
@@ -163,10 +182,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "units (default: the runs' experiment.verdicts.block_size, else whole runs)",
     )
     parser.add_argument("--alpha", type=float, help="family-wise error rate (default 0.05)")
-    parser.add_argument(
-        "--bootstrap", type=int, help="bootstrap replicates for one-run rows (default 1000)"
-    )
-    parser.add_argument("--device", help="where bootstrap replicates run (cpu, cuda)")
+    parser.add_argument("--device", help="where the leave-one-group-out metrics run (cpu, cuda)")
     parser.add_argument(
         "--sample-cost",
         type=float,
@@ -214,7 +230,7 @@ def verdict_settings(args: argparse.Namespace, records: Sequence[dict[str, Any]]
         if found:
             values = found
             break
-    for name, key in (("block_size", "block_size"), ("alpha", "alpha"), ("bootstrap", "bootstrap")):
+    for name, key in (("block_size", "block_size"), ("alpha", "alpha")):
         if getattr(args, name) is not None:
             values[key] = getattr(args, name)
     if args.device:

@@ -123,9 +123,9 @@ def interval_table(
     metrics: Sequence[str],
     settings: Settings,
 ) -> tuple[str, list[dict[str, Any]]]:
-    """Markdown: per row, each metric's estimate with its 95% interval (the claims' rule:
-    Student's over the row's independent units, or a bootstrap of its one run), and the
-    same as dicts (for table.csv's ``<m>_lo`` / ``<m>_hi``)."""
+    """Markdown: per row, each metric's estimate with its 95% interval (the claims' rule: the
+    delete-one-group jackknife over the row's independent groups, or Student's over its runs'
+    recorded values), and the same as dicts (for table.csv's ``<m>_lo`` / ``<m>_hi``)."""
     shown = [m for m in INTERVAL_METRICS if m in metrics and m in shown_metrics(summary, metrics)]
     if not shown:
         return "", []
@@ -149,16 +149,19 @@ def interval_table(
                 if interval.df
                 else f"{interval.units} samples"
             )
-            cells.append(
-                f"{_fmt(interval.estimate, m)} [{_fmt(interval.lo, m)}, {_fmt(interval.hi, m)}]"
+            text = f"{_fmt(interval.estimate, m)} [{_fmt(interval.lo, m)}, {_fmt(interval.hi, m)}]"
+            moved = interval.plugin is not None and _fmt(interval.plugin, m) != _fmt(
+                interval.estimate, m
             )
+            cells.append(text + (f" ({_fmt(interval.plugin, m)})" if moved else ""))
         out.append(found)
         lines.append("| " + " | ".join([*(cell(entry[k]) for k in rows), units, *cells]) + " |")
     lines += [
         "",
-        "Cells: the metric of the row's pooled samples [95% interval] (each row alone, not "
-        "adjusted for the number of rows): delete-one-group jackknife over the row's "
-        "independent groups ("
+        "Cells: the metric of the row's distribution, the jackknife's bias-corrected estimate "
+        "from its pooled samples [95% interval] (the plug-in value of these samples in "
+        "brackets where it differs; each row alone, not adjusted for the number of rows): "
+        "delete-one-group jackknife over the row's independent groups ("
         + (
             f"blocks of {settings.block_size} sample indices"
             if settings.block_size

@@ -9,7 +9,6 @@ from calguide.verdicts.claims import (
     Verdict,
     clear_caches,
     judge,
-    paired_bootstrap,
     paired_runs,
     row_interval,
 )
@@ -22,7 +21,6 @@ __all__ = [
     "Verdict",
     "clear_caches",
     "judge",
-    "paired_bootstrap",
     "paired_runs",
     "row_interval",
 ]

@@ -1,30 +1,38 @@
 """What a table says about each claim of the paper, decided by a rule with a stated error rate.
 
-A claim compares two rows of a table on one metric ("row A has a lower FID than row B"). Rows
-share each sample index's noise and requested label, so the comparison is *paired*. The rule
-(docs/verdicts.md):
+A claim compares two rows of a table on one metric ("row A has a lower FID than row B", or "A
+equals B within ±δ"). Rows share each sample index's noise and requested label, so the
+comparison is *paired*. The rule (docs/verdicts.md):
 
 1. **Estimate.** d = m(A) − m(B) on the rows' pooled paired samples (every paired seed), the
-   metric recomputed from the runs' per-sample features (``eval_features.npz``): FID at the
-   rows' total sample count, as the paper's tables report it.
+   metric recomputed from the runs' per-sample features (``eval_features.npz``). For FID and
+   KID it is centred on the jackknife's bias-corrected estimate G·d − (G − 1)·mean(d_(g)): FID
+   is biased by O(1/n), differently for rows of different diversity, and a claim is about the
+   distributions, not the sample size at hand; the plug-in d (the metric at the rows' sample
+   count, as the paper's tables report it) is kept beside it. Precision and recall are judged
+   at the rows' sample size (:data:`~calguide.metrics.per_sample.SMOOTH_METRICS`).
 2. **Independent groups.** The paired samples fall into groups that are independent by
    construction: blocks of ``block_size`` sample indices within each run (every sample has its
    own noise generator), else each seed's run, else (one run per row) 20 index blocks.
-3. **Interval.** The delete-one-group jackknife: d recomputed without each of the G groups,
-   se² = (G − 1)/G · Σ (d_(g) − mean)², Student's critical value on G − 1 degrees of freedom.
-   For a mean it is the paired t-interval; for FID its variance is conservative in
-   expectation (Efron–Stein), and experiments/verdict_calibration.py measures its error rate.
-   A claim with ``replicates: <key>`` (a model trained once per value, e.g. a fine-tuning
-   seed) takes one pooled d per value and Student's interval over those: the training run is
-   then what varies most. A metric without per-sample data (``classifier_smece``, a plugin's)
-   uses Student's interval over the paired runs' recorded values.
-4. **Family.** The claims of one ``family`` (default: all claims of the table) share a 5%
-   family-wise error rate by Bonferroni: with m judged claims each interval has level
-   1 − 0.05/m, so the chance that any verdict of the family is decisive while its rows do not
-   differ is at most 5%.
+3. **Interval.** The delete-one-group jackknife: d recomputed without each of the G groups
+   (every metric recomputed on what it keeps, the k-NN radii of precision and recall
+   included), se² = (G − 1)/G · Σ (d_(g) − mean)², Student's critical value on G − 1 degrees of
+   freedom. For a mean it is the paired t-interval; for FID its variance is conservative in
+   expectation (Efron–Stein), and experiments/verdict_calibration.py and
+   experiments/verdict_simulation.py measure its error rate and coverage. A claim with
+   ``replicates: <key>`` (a model trained once per value, e.g. a fine-tuning seed) takes one
+   corrected pooled d per value and Student's interval over those: the training run is then
+   what varies most. A metric without per-sample data (``classifier_smece``, a plugin's) uses
+   Student's interval over the paired runs' recorded values.
+4. **One error rate per table.** The table's judged claims share a 5% error rate by
+   Bonferroni: with m judged claims each interval has level 1 − 0.05/m, so the chance that any
+   verdict of the table is decisive while its rows do not differ is at most 5%. A claim's
+   ``family`` only groups it for reading.
 5. **Verdict.** supported (the interval lies on the claimed side of 0), contradicted (on the
-   other side), within noise (it contains 0). The interval's half-width is the smallest
-   difference the run could resolve.
+   other side), within noise (it contains 0). An equivalence claim (``margin: δ``) is two
+   one-sided tests at 0.05/m each: equivalent (the 1 − 0.1/m interval lies inside ±δ),
+   different (it lies wholly beyond ±δ), inconclusive. The interval's half-width is the
+   smallest difference the run could resolve.
 
 Claims are YAML (the experiment's ``experiment.claims``, or ``calguide-aggregate --claims``)::
 
@@ -36,9 +44,15 @@ Claims are YAML (the experiment's ``experiment.claims``, or ``calguide-aggregate
       than: {guidance.name: vanilla, denoiser.name: unet_tiny}
       family: main                       # optional
       replicates: classifier.finetune    # optional
+    - id: fast_path_equals_fp32
+      text: sampling with channels_last equals the plain layout within ±1 FID
+      metric: fid
+      margin: 1.0                        # an equivalence claim: rows a and b
+      a: {sampling.channels_last: true}
+      b: {sampling.channels_last: false}
 
-Settings (``experiment.verdicts`` or the command line): ``alpha``, ``block_size``,
-``bootstrap`` (replicates), ``seed``.
+Settings (``experiment.verdicts`` or the command line): ``alpha``, ``block_size``, ``k`` (the
+k-NN neighbourhood of precision and recall), ``device``.
 """
 
 from __future__ import annotations
@@ -55,23 +69,23 @@ import torch
 
 from calguide.metrics.per_sample import (
     PER_SAMPLE_METRICS,
+    SMOOTH_METRICS,
     PerSample,
     leave_one_out,
     read_eval_features,
-    replicates,
 )
 from calguide.metrics.reference import load_reference_file
 from calguide.stats import (
     FAMILY_ALPHA,
     Interval,
-    bootstrap_weights,
+    equivalence_level,
+    equivalence_of,
+    jackknife_bias_corrected,
     jackknife_interval,
     per_claim_level,
-    strata_of,
     t_interval,
     verdict_of,
 )
-from calguide.stats.resample import stratum_correction
 
 NOT_JUDGED = "not judged"
 
@@ -86,8 +100,6 @@ class ClaimError(ValueError):
 class Settings:
     alpha: float = FAMILY_ALPHA
     block_size: int | None = None
-    bootstrap: int = 1000
-    seed: int = 0
     k: int = 3
     device: str | None = None
 
@@ -104,8 +116,6 @@ class Settings:
             raise ClaimError(f"verdicts.alpha={out.alpha}: must be in (0, 1)")
         if out.block_size is not None and out.block_size < 2:
             raise ClaimError(f"verdicts.block_size={out.block_size}: must be >= 2 or null")
-        if out.bootstrap < 50:
-            raise ClaimError(f"verdicts.bootstrap={out.bootstrap}: use at least 50 replicates")
         return out
 
 
@@ -130,6 +140,8 @@ class Verdict:
     lower_is_better: bool = True
     reason: str = ""
     samples_factor: float | None = None  # × samples for the observed |d| to be decided
+    plugin: float | None = None  # the uncorrected d of the samples at hand
+    margin: float | None = None  # an equivalence claim's ±δ
 
 
 def _same(ours: Any, wanted: Any) -> bool:
@@ -144,13 +156,22 @@ def _matches(record: Mapping[str, Any], selector: Mapping[str, Any]) -> bool:
     return all(_same(record.get(key), value) for key, value in selector.items())
 
 
+def _sides(claim: Mapping[str, Any]) -> tuple[str, str]:
+    """The keys of the two rows' selectors: ``better``/``than``, or ``a``/``b`` (equivalence)."""
+    return ("a", "b") if "margin" in claim else ("better", "than")
+
+
 def _check_claim(claim: Mapping[str, Any]) -> None:
-    for key in ("id", "text", "metric", "better", "than"):
+    for key in ("id", "text", "metric", *_sides(claim)):
         if key not in claim:
             raise ClaimError(f"claim {claim.get('id', '?')!r} has no {key!r}")
-    for key in ("better", "than"):
+    for key in _sides(claim):
         if not isinstance(claim[key], Mapping) or not claim[key]:
             raise ClaimError(f"claim {claim['id']!r}: {key!r} must be a non-empty mapping")
+    if "margin" in claim:
+        margin = claim["margin"]
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin > 0:
+            raise ClaimError(f"claim {claim['id']!r}: margin must be a number > 0, got {margin!r}")
 
 
 @lru_cache(maxsize=64)
@@ -279,7 +300,8 @@ def paired_runs(
                 out[key] = record
         return out
 
-    a, b = keyed(claim["better"]), keyed(claim["than"])
+    first, second = _sides(claim)
+    a, b = keyed(claim[first]), keyed(claim[second])
     if not a or not b:
         return [], "rows missing or ambiguous (a selector matches no run, or two runs per seed)"
     common = sorted(set(a) & set(b))
@@ -323,10 +345,13 @@ def _measure(
         by_rep: dict[Any, list] = {}
         for pair in pairs:
             by_rep.setdefault(pair[2], []).append(pair)
-        diffs, a_vals, b_vals = [], [], []
+        diffs, plugins, a_vals, b_vals = [], [], [], []
         for members in by_rep.values():
             if per_sample:
-                a, b, d, _ = _pooled_difference(members, metric, settings)  # type: ignore[misc]
+                a, b, d, loo = _pooled_difference(members, metric, settings)  # type: ignore[misc]
+                if metric in SMOOTH_METRICS:
+                    plugins.append(d)
+                    d = jackknife_bias_corrected(d, loo.tolist())
             else:
                 runs = _per_run(members, metric)
                 if not runs:
@@ -342,6 +367,8 @@ def _measure(
             reason = f"{len(diffs)} value(s) of {rep_key}: the trainings' variation is unmeasured"
             return _Measured(claim, None, _mean(a_vals), _mean(b_vals), unit, reason)
         interval = t_interval(diffs, 0.95, method=unit)
+        if plugins:
+            interval = replace(interval, plugin=statistics.fmean(plugins))
         return _Measured(claim, interval, _mean(a_vals), _mean(b_vals), unit)
     if per_sample:
         a, b, d, loo = _pooled_difference(pairs, metric, settings)  # type: ignore[misc]
@@ -353,7 +380,10 @@ def _measure(
             if settings.block_size
             else ("seeds" if len(pairs) > 1 else "index blocks of one run")
         )
-        return _Measured(claim, jackknife_interval(d, loo.tolist(), 0.95, unit), a, b, unit)
+        interval = jackknife_interval(
+            d, loo.tolist(), 0.95, unit, bias_corrected=metric in SMOOTH_METRICS
+        )
+        return _Measured(claim, interval, a, b, unit)
     runs = _per_run(pairs, metric)
     if not runs:
         return _Measured(claim, None, None, None, "", f"no {metric} values in the paired runs")
@@ -377,33 +407,15 @@ def _mean(values: Sequence[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def paired_bootstrap(
-    rows_a: PerSample, rows_b: PerSample, metric: str, settings: Settings
-) -> tuple[float, float, int]:
-    """(d on the paired samples, bootstrap standard error of d, number of pairs): both rows
-    reweighted by the same draws, within requested labels (:mod:`calguide.stats.resample`).
-    The alternative to the jackknife that experiments/verdict_calibration.py measures."""
-    pa, pb = _paired_rows(rows_a, rows_b)
-    ref = _reference_of(pa, pb)
-    strata = strata_of(pa.labels)
-    weights = bootstrap_weights(strata, settings.bootstrap, settings.seed)
-    ones = torch.ones(1, len(pa), dtype=torch.float64)
-    weights = torch.cat([ones, weights])
-    ra = replicates(pa, weights, ref, [metric], k=settings.k, device=settings.device)[metric]
-    rb = replicates(pb, weights, ref, [metric], k=settings.k, device=settings.device)[metric]
-    d = ra - rb
-    se = float(d[1:].std()) * stratum_correction(strata)
-    return float(d[0]), se, len(pa)
-
-
 def judge(
     records: Sequence[Mapping[str, Any]],
     claims: Sequence[Mapping[str, Any]],
     settings: Settings | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[Verdict]:
-    """One :class:`Verdict` per claim, in order; the families' levels set after measuring,
-    from the number of claims each family could judge."""
+    """One :class:`Verdict` per claim, in order; the level of every interval set after
+    measuring, from the number m of claims the table could judge (Bonferroni over the table:
+    1 − α/m two-sided, 1 − 2α/m for an equivalence claim's two one-sided tests)."""
     settings = settings or Settings()
     measured = []
     for claim in claims:
@@ -411,36 +423,40 @@ def judge(
         if progress is not None:
             progress(str(claim["id"]))
         measured.append(_measure(records, claim, settings))
-    families: dict[str, int] = {}
-    for m in measured:
-        if m.interval is not None:
-            fam = str(m.claim.get("family", DEFAULT_FAMILY))
-            families[fam] = families.get(fam, 0) + 1
+    judged = sum(m.interval is not None for m in measured)
     out = []
     for m in measured:
         claim = m.claim
         fam = str(claim.get("family", DEFAULT_FAMILY))
         lower = bool(claim.get("lower_is_better", True))
+        margin = float(claim["margin"]) if "margin" in claim else None
         base = Verdict(
             claim=str(claim["id"]), text=str(claim["text"]), family=fam,
             metric=str(claim["metric"]), verdict=NOT_JUDGED, better_value=m.a_mean,
             than_value=m.b_mean, unit=m.unit, lower_is_better=lower, reason=m.reason,
+            margin=margin,
         )  # fmt: skip
         if m.interval is None:
             out.append(base)
             continue
-        interval = replace(m.interval, level=per_claim_level(families[fam], settings.alpha))
-        verdict = verdict_of(interval, lower)
-        factor = None
-        if verdict == "within noise" and interval.estimate != 0.0:
-            factor = (interval.half_width / abs(interval.estimate)) ** 2
-        judged = replace(
-            base, verdict=verdict, difference=interval.estimate, lo=interval.lo,
-            hi=interval.hi, resolvable=interval.half_width, level=interval.level,
-            df=interval.df, method=interval.method, units=interval.units,
-            samples_factor=factor,
+        if margin is None:
+            interval = replace(m.interval, level=per_claim_level(judged, settings.alpha))
+            verdict = verdict_of(interval, lower)
+        else:
+            interval = replace(m.interval, level=equivalence_level(judged, settings.alpha))
+            verdict = equivalence_of(interval, margin)
+        factor = None  # × samples for the interval to exclude 0 (or to fit inside ±margin)
+        room = abs(interval.estimate) if margin is None else margin - abs(interval.estimate)
+        if verdict in ("within noise", "inconclusive") and room > 0.0:
+            factor = (interval.half_width / room) ** 2
+        out.append(
+            replace(
+                base, verdict=verdict, difference=interval.estimate, lo=interval.lo,
+                hi=interval.hi, resolvable=interval.half_width, level=interval.level,
+                df=interval.df, method=interval.method, units=interval.units,
+                samples_factor=factor, plugin=interval.plugin,
+            )
         )  # fmt: skip
-        out.append(judged)
     return out
 
 
@@ -457,7 +473,9 @@ def row_interval(
         rows, _, groups = pooled
         if int(groups.max()) >= 1:
             value, loo = _jackknife(rows, groups, metric, settings)
-            return jackknife_interval(value, loo.tolist(), level)
+            return jackknife_interval(
+                value, loo.tolist(), level, bias_corrected=metric in SMOOTH_METRICS
+            )
     values = [float(r[metric]) for r in runs if _number(r.get(metric)) is not None]
     if len(values) >= 2:
         return t_interval(values, level, method="seeds")

@@ -23,8 +23,13 @@ independent noise. Each repeat draws 2 × ``--samples`` distinct indices at rand
   stronger than this).
 
 Repeats share the pools (a sample is in about 2·samples/pool of the repeats), so they are not
-independent; the Clopper–Pearson intervals treat them as if they were. Writes
-``verdict_calibration.{json,md}``.
+independent; the Clopper–Pearson intervals treat them as if they were. Precision and class
+accuracy are means of per-sample 0/1 outcomes (inside the reference manifold; classified as
+requested), so their rule is the t-test on block means and is cheap to redraw many more times:
+``--indicator-repeats`` draws (unpaired, 95%) on the same pools and blocks, and the same
+t-test on simulated Bernoulli blocks for comparison. ``--indicators-only`` skips the 1,000
+full repeats (the pools are reused from the artifacts folder once made). Writes
+``verdict_calibration.{json,md}`` and ``verdict_calibration_indicators.{json,md}``.
 """
 
 from __future__ import annotations
@@ -88,6 +93,62 @@ def decisive(a: dict, b: dict, metric: str, level: float) -> bool:
     return verdict_of(interval) != "within noise"
 
 
+def indicator_check(first, reference, args, gen: torch.Generator) -> tuple[dict, str]:
+    """Precision's and class accuracy's unpaired A/A rate at 95% over many redraws of the same
+    pool (their per-sample 0/1 outcomes: the rule is the t-test on block means), beside the same
+    t-test on simulated Bernoulli blocks with the pool's rates."""
+    from calguide.metrics.prdc import knn_radii
+
+    real = torch.as_tensor(reference["features"]).float()
+    fake = first.features.float()
+    inside = (torch.cdist(fake, real) <= knn_radii(real, 3).unsqueeze(0)).any(1).double()
+    outcomes = {"precision": inside, "class_acc": first.correct.double()}
+    n, groups = args.samples, args.samples // args.block
+
+    def decisive_means(a: torch.Tensor, b: torch.Tensor) -> bool:
+        d = (a - b).reshape(groups, args.block).mean(1)
+        loo = ((d.sum() - d) / (groups - 1)).tolist()
+        interval = jackknife_interval(float(d.mean()), loo, 0.95, bias_corrected=False)
+        return verdict_of(interval) != "within noise"
+
+    found: dict = {}
+    for name, values in outcomes.items():
+        hits = simulated = 0
+        rate = float(values.mean())
+        for _ in range(args.indicator_repeats):
+            chosen = torch.randperm(len(values), generator=gen)[: 2 * n]
+            a = values[torch.sort(chosen[:n]).values]
+            b = values[torch.sort(chosen[n:]).values]
+            hits += decisive_means(a, b)
+            sa = (torch.rand(n, generator=gen) < rate).double()
+            sb = (torch.rand(n, generator=gen) < rate).double()
+            simulated += decisive_means(sa, sb)
+        found[name] = {
+            "pool_rate": rate,
+            "pool": {"decisive": hits, "cp": clopper_pearson(hits, args.indicator_repeats)},
+            "bernoulli": {
+                "decisive": simulated,
+                "cp": clopper_pearson(simulated, args.indicator_repeats),
+            },
+        }
+    lines = [
+        f"Precision and class accuracy (0/1 outcomes per sample), unpaired A/A at 95%, "
+        f"{args.indicator_repeats} redraws of two disjoint {n}-sample rows from pool seed "
+        f"{args.seed} ({args.block}-sample blocks), beside Bernoulli blocks with the pool's rate:",
+        "",
+        "| metric | pool rate | decisive, pool redraws | decisive, Bernoulli blocks |",
+        "| :-- | --: | --: | --: |",
+    ]
+    for name, e in found.items():
+        cells = []
+        for key in ("pool", "bernoulli"):
+            lo, hi = e[key]["cp"]
+            share = 100 * e[key]["decisive"] / args.indicator_repeats
+            cells.append(f"{share:.2f}% [{100 * lo:.2f}, {100 * hi:.2f}]")
+        lines.append(f"| {name} | {e['pool_rate']:.3f} | {cells[0]} | {cells[1]} |")
+    return found, "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=1000)
@@ -96,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--block", type=int, default=20)
     parser.add_argument("--seed", type=int, default=2000)
     parser.add_argument("--experiment", default="digits_miniature")
+    parser.add_argument("--indicator-repeats", type=int, default=4000)
+    parser.add_argument("--indicators-only", action="store_true")
     parser.add_argument("--work", type=Path, default=Path("logs/verdict-calibration"))
     parser.add_argument("--out", type=Path, default=Path("docs/calibration"))
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for both pools")
@@ -115,6 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     reference = load_reference_file(first.reference_file)
     pooled = time.perf_counter() - started
     gen = torch.Generator().manual_seed(args.seed)
+    found, text = indicator_check(first, reference, args, torch.Generator().manual_seed(args.seed))
+    atomic_write_report(args.out, "verdict_calibration_indicators", found, text)
+    print(text)
+    if args.indicators_only:
+        return 0
     counts = {
         (arm, m, lvl): 0
         for arm in ("unpaired", "paired by label")

@@ -1,5 +1,5 @@
 """KID against torch-fidelity, and every metric's reweighted replicates against the metric of
-the explicitly repeated (or deleted) rows: what the verdicts' jackknife and bootstrap compute."""
+the explicitly repeated (or deleted) rows: what the verdicts' jackknife computes."""
 
 from __future__ import annotations
 

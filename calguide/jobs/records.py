@@ -8,6 +8,8 @@ from typing import Any
 
 from calguide.io import content_sha256
 
+NOISE_WORDS = {"per_sample": "per-sample noise", "batch": "per-batch noise"}
+
 
 def _g(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
@@ -103,7 +105,8 @@ def sampling_line(command: str, record: dict[str, Any]) -> str:
         f"{command}: {chain_words(record)} · "
         f"{guidance_words(record['guidance'], record.get('classifier'))} · "
         f"{compute_words(record['compute'])} · {record['samples']} samples "
-        f"({record['labels']} labels, batch {record['batch_size']}) · seed {record['seed']}"
+        f"({record['labels']} labels, batch {record['batch_size']}, "
+        f"{NOISE_WORDS.get(record['noise'], record['noise'])}) · seed {record['seed']}"
     )
 
 

@@ -63,7 +63,8 @@ def verdict_detail(v: Verdict) -> str:
         return v.reason
     df = "normal" if v.df is None else f"t, {v.df:g} df"
     level = f"{100 * v.level:.2f}".rstrip("0").rstrip(".")
-    plugin = "" if v.plugin is None else f" (plug-in {v.plugin:+.3g})"
+    moved = v.plugin is not None and f"{v.plugin:+.3g}" != f"{v.difference:+.3g}"
+    plugin = f" (plug-in {v.plugin:+.3g})" if moved else ""
     margin = "" if v.margin is None else f" against ±{v.margin:g}"
     return (
         f"{v.metric} {_g(v.better_value)} vs {_g(v.than_value)}: d = {v.difference:+.3g}{plugin}, "

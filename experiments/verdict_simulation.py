@@ -33,6 +33,7 @@ import argparse
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -98,34 +99,28 @@ def pct(r: dict) -> str:
     return f"{100 * r['rate']:.2f}% [{100 * r['lo']:.2f}, {100 * r['hi']:.2f}]"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("docs/calibration"))
-    args = parser.parse_args(argv)
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    gen = torch.Generator().manual_seed(args.seed)
-    reference = {
-        "mean": torch.zeros(D, dtype=torch.float64),
-        "cov": torch.eye(D, dtype=torch.float64),
-        "features": torch.randn(REF_ROWS, D, generator=gen),
-    }
-    groups = torch.arange(N) // BLOCK
-    family = per_claim_level(TABLE_CLAIMS)
-    started = time.perf_counter()
-    result: dict = {
-        "design": {"dims": D, "samples": N, "block": BLOCK, "groups": N // BLOCK},
-        "repeats": args.repeats,
-        "table_claims": TABLE_CLAIMS,
-        "family_level": family,
-    }
+@dataclass
+class Setting:
+    """What every case shares: the draws, the reference, the blocks, the table's level."""
 
-    # --- A/A: decisive rates per metric, unpaired and paired
+    gen: torch.Generator
+    reference: dict
+    groups: torch.Tensor
+    family: float
+    repeats: int
+    started: float
+
+    def done(self, what: str) -> None:
+        print(f"{what}: done ({time.perf_counter() - self.started:.0f} s)", flush=True)
+
+
+def aa_case(s: Setting) -> dict:
+    """A/A: decisive rates per metric, unpaired and paired."""
+    gen, reference, groups, family = s.gen, s.reference, s.groups, s.family
     aa: dict = {}
     for label, rho in (("unpaired", 0.0), ("paired ρ=0.95", 0.95)):
         counts = {m: [0, 0] for m in METRICS}
-        for _ in range(args.repeats):
+        for _ in range(s.repeats):
             a, b = pair(gen, rho)
             found = judge_pair(a, b, reference, METRICS, groups, 0.95)
             for m, (_, interval, loo) in found.items():
@@ -136,20 +131,23 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 counts[m][1] += verdict_of(at_family) != "within noise"
         aa[label] = {
-            m: {"at_95": rate(c[0], args.repeats), "at_family": rate(c[1], args.repeats)}
+            m: {"at_95": rate(c[0], s.repeats), "at_family": rate(c[1], s.repeats)}
             for m, c in counts.items()
         }
-        print(f"A/A {label}: done ({time.perf_counter() - started:.0f} s)", flush=True)
-    result["aa"] = aa
+        s.done(f"A/A {label}")
+    return aa
 
-    # --- diversity differs, infinite-sample d = 0: coverage and false "supported"
+
+def diversity_case(s: Setting) -> dict:
+    """Diversity differs, infinite-sample d = 0: coverage and false 'supported'."""
+    gen, reference, groups, family = s.gen, s.reference, s.groups, s.family
     diversity: dict = {}
     for label, rho in (("unpaired", 0.0), ("paired ρ=0.95", 0.95)):
         cover = {"plug-in": 0, "corrected": 0}
         supported = {"plug-in": 0, "corrected": 0}
         supported_family = {"plug-in": 0, "corrected": 0}
         moved = []
-        for _ in range(args.repeats):
+        for _ in range(s.repeats):
             a, b = pair(gen, rho, scales=(0.9, 1.1))
             d, interval, loo = judge_pair(a, b, reference, ["fid"], groups, 0.95)["fid"]
             plugin = jackknife_interval(d, loo, 0.95, bias_corrected=False)
@@ -164,49 +162,57 @@ def main(argv: list[str] | None = None) -> int:
             "mean_correction": sum(moved) / len(moved),
             **{
                 name: {
-                    "coverage_95": rate(cover[name], args.repeats),
-                    "supported_95": rate(supported[name], args.repeats),
-                    "supported_family": rate(supported_family[name], args.repeats),
+                    "coverage_95": rate(cover[name], s.repeats),
+                    "supported_95": rate(supported[name], s.repeats),
+                    "supported_family": rate(supported_family[name], s.repeats),
                 }
                 for name in cover
             },
         }
-        print(f"diversity {label}: done ({time.perf_counter() - started:.0f} s)", flush=True)
-    result["diversity"] = diversity
+        s.done(f"diversity {label}")
+    return diversity
 
-    # --- A/A coverage of d = 0 (FID), plug-in vs corrected: taken from the A/A draws above
-    # would need the intervals; measured here on fresh unpaired draws
+
+def aa_coverage_case(s: Setting) -> dict:
+    """A/A coverage of d = 0 (FID), plug-in against corrected, on fresh unpaired draws."""
+    gen, reference, groups = s.gen, s.reference, s.groups
     cover_aa = {"plug-in": 0, "corrected": 0}
-    for _ in range(args.repeats):
+    for _ in range(s.repeats):
         a, b = pair(gen, 0.0)
         d, interval, loo = judge_pair(a, b, reference, ["fid"], groups, 0.95)["fid"]
         plugin = jackknife_interval(d, loo, 0.95, bias_corrected=False)
         cover_aa["plug-in"] += plugin.lo <= 0.0 <= plugin.hi
         cover_aa["corrected"] += interval.lo <= 0.0 <= interval.hi
-    result["aa_coverage"] = {k: rate(v, args.repeats) for k, v in cover_aa.items()}
-    print(f"A/A coverage: done ({time.perf_counter() - started:.0f} s)", flush=True)
+    s.done("A/A coverage")
+    return {k: rate(v, s.repeats) for k, v in cover_aa.items()}
 
-    # --- power: FID(A) − FID(B) = −0.2 and −0.5 at infinite samples
+
+def power_case(s: Setting) -> dict:
+    """Power: FID(A) − FID(B) = −0.2 and −0.5 at infinite samples."""
+    gen, reference, groups, family = s.gen, s.reference, s.groups, s.family
     power: dict = {}
     b_shift = math.sqrt(0.5 / D)  # FID(B) = 0.5
     for effect in (0.2, 0.5):
         a_shift = math.sqrt(max(0.5 - effect, 0.0) / D)
         for label, rho in (("unpaired", 0.0), ("paired ρ=0.95", 0.95)):
             hits = [0, 0]
-            for _ in range(args.repeats):
+            for _ in range(s.repeats):
                 a, b = pair(gen, rho, shifts=(a_shift, b_shift))
                 d, interval, loo = judge_pair(a, b, reference, ["fid"], groups, 0.95)["fid"]
                 hits[0] += verdict_of(interval) == "supported"
                 hits[1] += verdict_of(jackknife_interval(d, loo, family)) == "supported"
             power[f"d = -{effect:g}, {label}"] = {
                 "true_d": true_fid(1.0, a_shift) - true_fid(1.0, b_shift),
-                "supported_95": rate(hits[0], args.repeats),
-                "supported_family": rate(hits[1], args.repeats),
+                "supported_95": rate(hits[0], s.repeats),
+                "supported_family": rate(hits[1], s.repeats),
             }
-        print(f"power {effect}: done ({time.perf_counter() - started:.0f} s)", flush=True)
-    result["power"] = power
+        s.done(f"power {effect}")
+    return power
 
-    # --- recall: the old reweighting (whole-set radii) against the real jackknife
+
+def recall_case(s: Setting) -> dict:
+    """Recall: the old reweighting (whole-set radii) against the real jackknife."""
+    gen, reference, groups = s.gen, s.reference, s.groups
     recall = {
         "kept radii (before)": 0,
         "recomputed radii (now)": 0,
@@ -214,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     keep = torch.ones(N // BLOCK + 1, N, dtype=torch.float64)
     keep[torch.arange(1, N // BLOCK + 1)[groups], torch.arange(N)] = 0.0
-    for _ in range(args.repeats):
+    for _ in range(s.repeats):
         a, b = pair(gen, 0.3)
         ra = replicates(a, keep, reference, ["recall"])["recall"]
         rb = replicates(b, keep, reference, ["recall"])["recall"]
@@ -226,15 +232,19 @@ def main(argv: list[str] | None = None) -> int:
         recall["recomputed radii, bias-corrected (not used)"] += (
             verdict_of(corrected) != "within noise"
         )
-    result["recall"] = {k: rate(v, args.repeats) for k, v in recall.items()}
-    result["seconds"] = time.perf_counter() - started
-    print(f"recall: done ({result['seconds']:.0f} s)", flush=True)
+    s.done("recall")
+    return {k: rate(v, s.repeats) for k, v in recall.items()}
 
+
+def report(result: dict) -> str:
+    """The markdown tables of every case."""
+    aa, diversity, power = result["aa"], result["diversity"], result["power"]
+    repeats = result["repeats"]
     lines = [
         "# The verdict rule on simulated rows (experiments/verdict_simulation.py)",
         "",
         f"{D}-d Gaussian features, {N} samples per row in {N // BLOCK} blocks of {BLOCK} (the "
-        f"miniature's design), {args.repeats} repeats per case, reference population N(0, I). "
+        f"miniature's design), {repeats} repeats per case, reference population N(0, I). "
         "Rates with Clopper–Pearson 95% intervals. 'table level': each interval at "
         f"1 − 0.05/{TABLE_CLAIMS} (the miniature's {TABLE_CLAIMS} judged claims), where a "
         f"rule at its stated rate is decisive at most {100 * 0.05 / TABLE_CLAIMS:.2f}% of the "
@@ -295,8 +305,39 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"{result['seconds'] / 60:.1f} min on this machine.",
     ]
-    atomic_write_report(args.out, "verdict_simulation", result, "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("docs/calibration"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    gen = torch.Generator().manual_seed(args.seed)
+    reference = {
+        "mean": torch.zeros(D, dtype=torch.float64),
+        "cov": torch.eye(D, dtype=torch.float64),
+        "features": torch.randn(REF_ROWS, D, generator=gen),
+    }
+    family = per_claim_level(TABLE_CLAIMS)
+    s = Setting(gen, reference, torch.arange(N) // BLOCK, family, args.repeats, time.perf_counter())
+    result: dict = {
+        "design": {"dims": D, "samples": N, "block": BLOCK, "groups": N // BLOCK},
+        "repeats": args.repeats,
+        "table_claims": TABLE_CLAIMS,
+        "family_level": family,
+        "aa": aa_case(s),
+        "diversity": diversity_case(s),
+        "aa_coverage": aa_coverage_case(s),
+        "power": power_case(s),
+        "recall": recall_case(s),
+    }
+    result["seconds"] = time.perf_counter() - s.started
+    text = report(result)
+    atomic_write_report(args.out, "verdict_simulation", result, text)
+    print(text)
     return 0
 
 

@@ -128,11 +128,12 @@ run: $(STAMP) ## the paper in miniature on the bundled models: calibration, ever
 # ---------------------------------------------------------------------------- tables
 # make reproduce-table-<name>: run a conf/experiment/<name> sweep into logs/tables/<name>/ and
 # aggregate it (table.md, table.csv, runs.csv, plots, verdicts). Finished samples are reused from
-# artifacts/, so a rerun only recomputes what changed. DIFFUSION=dpmpp [NFE=20] samples the table
-# with DPM-Solver++(2M) at NFE network evaluations instead of the recipe's DDPM chain: for sweeps
-# and exploration (docs/few_step.md); the paper's protocol stays DDPM 250.
-NFE ?= 20
-SAMPLER_ARGS := $(if $(DIFFUSION),diffusion=$(DIFFUSION) diffusion.respacing=$(NFE),)
+# artifacts/, so a rerun only recomputes what changed. DIFFUSION=dpmpp samples the table with
+# that conf/diffusion option (its own grid: 20 network evaluations for dpmpp and dpmpp_sde)
+# instead of the recipe's DDPM chain, NFE=15 with another step count: for sweeps and
+# exploration (docs/few_step.md); the paper's protocol stays DDPM 250.
+SAMPLER_ARGS := $(if $(DIFFUSION),diffusion=$(DIFFUSION)) $(if $(NFE),diffusion.respacing=$(NFE))
+
 define run_table
 	@$(BIN)/calguide-preflight $(1) $(COMMON) $(SAMPLER_ARGS)
 	rm -rf $(TABLES)/$(1)

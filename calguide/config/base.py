@@ -8,7 +8,6 @@ key and what was allowed. Schemas hold data only: the assembly builds objects fr
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,10 +154,6 @@ class RunSpec:
     trainer: dict[str, Any] = field(default_factory=dict)
     logger: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
-
-    def replace(self, **changes: Any) -> Any:
-        """A copy with ``changes`` (sections are replaced whole: spec.replace(seed=1))."""
-        return dataclasses.replace(self, **changes)
 
 
 def run_fields(cfg: DictConfig) -> dict[str, Any]:

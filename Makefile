@@ -130,9 +130,14 @@ run: $(STAMP) ## the paper in miniature on the bundled models: calibration, ever
 # aggregate it (table.md, table.csv, runs.csv, plots, verdicts). Finished samples are reused from
 # artifacts/, so a rerun only recomputes what changed. DIFFUSION=dpmpp samples the table with
 # that conf/diffusion option (its own grid: 20 network evaluations for dpmpp and dpmpp_sde)
-# instead of the recipe's DDPM chain, NFE=15 with another step count: for sweeps and
-# exploration (docs/few_step.md); the paper's protocol stays DDPM 250.
-SAMPLER_ARGS := $(if $(DIFFUSION),diffusion=$(DIFFUSION)) $(if $(NFE),diffusion.respacing=$(NFE))
+# instead of the recipe's DDPM chain, NFE=15 with another step count in the option's grid
+# family (logsnr15:6 for the DPM-Solver options, "15" for DDPM): for sweeps and exploration
+# (docs/few_step.md); the paper's protocol stays DDPM 250.
+NFE_GRID = $(if $(filter dpmpp%,$(DIFFUSION)),logsnr$(NFE):6,$(NFE))
+.PHONY: print-NFE_GRID
+print-NFE_GRID: ## the respacing NFE= passes for DIFFUSION= (tests read it)
+	@echo $(NFE_GRID)
+SAMPLER_ARGS := $(if $(DIFFUSION),diffusion=$(DIFFUSION)) $(if $(NFE),diffusion.respacing=$(NFE_GRID))
 
 define run_table
 	@$(BIN)/calguide-preflight $(1) $(COMMON) $(SAMPLER_ARGS)

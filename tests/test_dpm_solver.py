@@ -240,7 +240,8 @@ def test_the_solver_accepts_elucds_schedule_that_ddim_refuses() -> None:
     diffusion = chain("8")
     x_T = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     out = sample_loop(diffusion, toy_model, x_T, sampler="dpmpp_2m", guidance=_Additive())
-    assert torch.isfinite(out).all() and out.abs().max() <= 1.0 + 1e-9  # the last D is clipped
+    # the last x̂₀ is clipped; Tweedie's shift (σ₀²/α₀)·w·s·g at base step 0 adds ~1e-4
+    assert torch.isfinite(out).all() and out.abs().max() <= 1.0 + 1e-3
 
 
 def test_logsnr_timesteps_are_uniform_in_logsnr_and_bad_knobs_are_one_line() -> None:

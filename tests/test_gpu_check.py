@@ -41,7 +41,8 @@ def test_smoke_run_writes_every_section(tmp_path) -> None:
     out = tmp_path / "out"
     args = [str(SCRIPT), "--out", str(out), "--smoke", "--batch", "2", "--repeats", "1"]
     args += ["--warmup", "0", "--e2e-samples", "2", "--e2e-steps", "3"]
-    args += ["--features", "600", "--subset", "200"]
+    args += ["--features", "600", "--subset", "200", "--fastpath-samples", "40"]
+    args += ["--fastpath-steps", "3"]
     proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads((out / "gpu_check.json").read_text())
@@ -63,9 +64,28 @@ def test_smoke_run_writes_every_section(tmp_path) -> None:
     for entry in samplers.values():
         assert entry["hours_50k"] == pytest.approx(50_000 * entry["sample_s"] / 3600)
     assert samplers["dpmpp_2m 20"]["sample_s"] < samplers["ddpm 250"]["sample_s"]
+    # The MFU column: counted FLOPs per image and the measured matmul peak, per setting.
+    flops = sections["flops"]
+    assert flops["denoiser_fwd_flops_per_image"] > 0 and flops["matmul"]["tflops"] > 0
+    want = flops["guided_step_flops_per_image"] * 2 / fp32["vanilla_step_s"] / 1e12
+    assert fp32["throughput"]["tflops"] == pytest.approx(want)
+    assert fp32["throughput"]["mfu"] == pytest.approx(want / flops["matmul"]["tflops"])
+    # Every section says its precision state.
+    assert fp32["tf32"] is False and variants["tf32"]["tf32"] is True
+    assert sections["samplers"]["tf32"] is False
+    # The fast path's quality as equivalence claims on the bundled digits models.
+    fastpath = sections["fastpath"]
+    assert [v["claim"] for v in fastpath["verdicts"]] == [
+        "vanilla fid", "vanilla class_acc", "js fid", "js class_acc"
+    ]  # fmt: skip
+    assert all(v["margin"] in (0.5, 0.02) and v["verdict"] for v in fastpath["verdicts"])
+    assert "sampling.fused_attention=true" in fastpath["fastest"]
+    batches = sections["batches"]["batches"]
+    assert set(batches) == {"2", "4"} and all(b["vanilla_step_s"] > 0 for b in batches.values())
     text = (out / "gpu_check.md").read_text()
     assert "## One DDPM step" in text and "## Projected GPU-hours" in text
-    assert "## Samplers" in text
+    assert "## The fast path's quality" in text and "## Batch size" in text
+    assert "## Samplers (fp32, TF32 off" in text and "| MFU |" in text
 
 
 def test_conf_dir_falls_back_to_the_checkout(monkeypatch) -> None:

@@ -64,7 +64,9 @@ def test_reduced_make_run_reproduces_the_committed_numbers(tmp_path, capsys) -> 
     # adverts, the jobs' per-run lines and progress bars are in the log file instead.
     for noise in ("💡", "GPU available", "TPU available", "calguide: metrics", "it/s]"):
         assert noise not in screen.out and noise not in screen.err, noise
-    for line in ("[1/4] estimate", "[4/4] table", "**What this run says", "log        :"):
+    for line in ("[1/4] estimate", "[4/4] table", "**What this run says", "log        :",
+                 "sampling on the CPU; samples per row ×1 (the experiment's); on a CUDA GPU "
+                 "the default is ×10"):  # fmt: skip
         assert line in screen.out, line
     log = (tmp_path / "make-run" / "make-run.log").read_text()
     assert "calguide: metrics" in log
@@ -76,3 +78,14 @@ def test_reduced_make_run_reproduces_the_committed_numbers(tmp_path, capsys) -> 
         floor = expected["floors"][key.split()[-1]]
         tolerance = max(3 * expected["measured_spread"][key], floor)
         assert got[key] == pytest.approx(want, abs=tolerance), key
+
+
+def test_the_gpu_sample_scale_runs_the_same_path_at_reduced_size(tmp_path, capsys) -> None:
+    """``--scale-samples`` (×10 by default on a CUDA GPU) on a CPU at ×0.5: every row's samples
+    scaled to whole blocks of 20 (80 -> 40), and the screen says so."""
+    reduced_run(tmp_path, "--scale-samples", "0.5", "--device", "cpu")
+    screen = capsys.readouterr().out
+    assert "sampling on the CPU; samples per row ×0.5 (40)" in screen
+    with open(tmp_path / "make-run" / "runs.csv") as handle:
+        sizes = {row["num_samples"] for row in csv.DictReader(handle)}
+    assert sizes == {"40"}

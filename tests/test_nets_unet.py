@@ -310,3 +310,39 @@ def test_real_adm_weights_load_strict(name: str) -> None:
     model = _build(manifest)
     sd = load_state_dict_file(path, what=f"ADM {name[:-5]} checkpoint")
     load_weights(model, sd, strict=True, source=str(path), assign=True)
+
+
+@pytest.mark.parametrize("order", [QKVAttention, QKVAttentionLegacy])
+def test_fused_attention_equals_adms_einsum_in_fp32(order) -> None:
+    """scaled_dot_product_attention in place of ADM's einsum: the same attention in fp32 (to
+    float rounding), for both qkv layouts and several heads."""
+    torch.manual_seed(0)
+    qkv = 3.0 * torch.randn(3, 3 * 4 * 16, 64)
+    plain, fused = order(4), order(4)
+    fused.fused = True
+    torch.testing.assert_close(fused(qkv), plain(qkv), rtol=1e-5, atol=1e-5)
+
+
+def test_fused_attention_switches_every_block_and_keeps_the_output() -> None:
+    """use_fused_attention on a UNet with attention and an attention-pooled classifier: the
+    blocks it switched are counted, and the outputs and input gradients agree in fp32."""
+    from calguide.nets.unet import use_fused_attention
+
+    torch.manual_seed(0)
+    for build, kwargs in ((create_unet, TINY_UNET),
+                          (create_adm_classifier, {**TINY_CLASSIFIER,
+                                                   "classifier_pool": "attention"})):  # fmt: skip
+        model = build(**kwargs).eval()
+        for p in model.parameters():  # zero-initialised layers would hide the attention
+            p.data.add_(0.05 * torch.randn_like(p))
+        x, t, y = _tiny_inputs()
+        x.requires_grad_(True)
+        args = (x, t, y) if build is create_unet else (x, t)
+        want = model(*args)
+        (want_grad,) = torch.autograd.grad(want.square().sum(), x)
+        assert use_fused_attention(model) > 0
+        got = model(*args)
+        (got_grad,) = torch.autograd.grad(got.square().sum(), x)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-4)
+        assert use_fused_attention(model, on=False) > 0

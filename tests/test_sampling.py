@@ -450,10 +450,30 @@ def test_channels_last_gives_the_same_samples():
 
 @pytest.mark.slow
 def test_compiled_denoiser_gives_the_same_samples():
+    """sampling.compile compiles the denoiser and the classifier: the same samples."""
     labels = torch.arange(4) % 10
     plain = run_batches(module_for("vanilla"), labels, 4)
-    fast = run_batches(module_for("vanilla", compile=True), labels, 4)
+    module = module_for("vanilla", compile=True)
+    assert module.guidance.classifier.compiled
+    fast = run_batches(module, labels, 4)
     assert_images_match(plain, fast)
+
+
+@pytest.mark.slow
+def test_compiled_classifier_gives_the_same_gradient_in_fp32():
+    """The compiled classifier's forward + input-gradient backward equals the plain one's."""
+    x0 = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    grads = []
+    for compiled in (False, True):
+        classifier = GuidanceClassifier(tiny_classifier(), input_mode="x0")
+        if compiled:
+            classifier.compile_net()
+        inp = x0.clone().requires_grad_(True)
+        logits = classifier(inp)
+        (grad,) = torch.autograd.grad(logits.log_softmax(1)[:, 3].sum(), inp)
+        grads.append((logits.detach(), grad))
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-5, atol=1e-6)
 
 
 def test_precision_switch_reaches_the_classifier_and_refuses_typos():

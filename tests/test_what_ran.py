@@ -11,9 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
-from calguide.config import conf_dir
+from calguide.config.compose import option_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = 2
@@ -22,18 +21,21 @@ SAMPLES = 2
 def promised_evaluations(option: str) -> int:
     """Network evaluations per sample the option file promises: one per step of its own
     respacing (``"20"``, ``"250"``, ``"ddim50"``; comma sections add up)."""
-    composed = OmegaConf.load(conf_dir() / "diffusion" / f"{option}.yaml")
-    respacing = str(composed.respacing)
-    digits = respacing.removeprefix("ddim").removeprefix("logsnr")
+    composed = option_config("diffusion", option)  # with the options it inherits from
+    respacing = str(composed["respacing"])
+    digits = respacing.removeprefix("ddim").removeprefix("logsnr").partition(":")[0]
     return sum(int(part) for part in digits.split(","))
 
 
-@pytest.mark.parametrize("option", ["dpmpp", "adm250", "ddim"])
-def test_calguide_sample_makes_the_evaluations_its_option_promises(option, tmp_path):
+@pytest.mark.parametrize(
+    ("option", "guidance"),
+    [("dpmpp", "none"), ("adm250", "none"), ("ddim", "none"), ("dpmpp_sde", "js")],
+)
+def test_calguide_sample_makes_the_evaluations_its_option_promises(option, guidance, tmp_path):
     out = tmp_path / "count.json"
     command = [
         sys.executable, str(ROOT / "tests" / "nfe_probe.py"), f"diffusion={option}",
-        "guidance=none", "metrics=none", f"sampling.num_samples={SAMPLES}",
+        f"guidance={guidance}", "metrics=none", f"sampling.num_samples={SAMPLES}",
         f"sampling.batch_size={SAMPLES}", "sampling.progress=false", "sampling.figures=false",
         "trainer.enable_progress_bar=false", f"paths.artifacts={tmp_path / 'art'}",
         f"paths.log_dir={tmp_path / 'logs'}", f"sampling.out_dir={tmp_path / 'run'}",
@@ -53,7 +55,7 @@ def test_calguide_sample_makes_the_evaluations_its_option_promises(option, tmp_p
         f"{record['sampler']}",
         f"{promised} of 1000 steps",
         f"{promised} network evaluations per sample",
-        "unguided",
+        "unguided" if guidance == "none" else f"guidance {guidance} ",
         "float32",
         "· cpu ·",
         f"{SAMPLES} samples",
@@ -95,3 +97,21 @@ def test_the_readme_shows_the_first_line_of_the_default_command(compose_spec):
     setup = assembly.sampling_setup(spec)
     line = sampling_line("calguide-sample", run_record(spec, setup, input_identity(spec)))
     assert line in (ROOT / "README.md").read_text()
+
+
+def test_fused_attention_is_applied_and_said(compose_spec):
+    """``sampling.fused_attention=true`` switches the denoiser's attention blocks, and the first
+    line and the record say so."""
+    from calguide import assembly
+    from calguide.jobs.records import sampling_line
+    from calguide.jobs.sample import input_identity, run_record
+    from calguide.nets.unet import QKVAttention, QKVAttentionLegacy
+
+    spec = compose_spec("sample", ["sampling.fused_attention=true"])
+    setup = assembly.sampling_setup(spec)
+    blocks = [m for m in setup.module.denoiser.modules()
+              if isinstance(m, (QKVAttention, QKVAttentionLegacy))]  # fmt: skip
+    assert blocks and all(block.fused for block in blocks)
+    record = run_record(spec, setup, input_identity(spec))
+    assert record["compute"]["fused_attention"] is True
+    assert "float32 + fused_attention · cpu" in sampling_line("calguide-sample", record)

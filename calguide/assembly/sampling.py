@@ -97,6 +97,7 @@ def sampling_module(
         noise=sampling.noise,
         channels_last=sampling.channels_last,
         compile=sampling.compile,
+        fused_attention=sampling.fused_attention,
     )
 
 

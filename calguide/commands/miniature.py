@@ -21,6 +21,10 @@ they are, the way ADM's checkpoints are on a cluster. Four stages, each with a p
 
 Every stage reuses finished work (calibrated classifiers, finished sample folders), so a rerun
 only prints the table again.
+
+On a CUDA GPU the run samples there (exact fp32) and scales every row's samples by
+``--scale-samples`` (``auto``: ×10 on a GPU, so 4,800 per row and intervals about 3× narrower;
+×1 on a CPU); the screen says which. Rows stay whole blocks of the verdicts' block size.
 """
 
 from __future__ import annotations
@@ -39,6 +43,47 @@ EXPERIMENT = "digits_miniature"  # the default of --experiment
 # The estimate times one guided step: measured runs took 0.9–1.3 × its prediction
 # (docs/measured.md), so it is printed as that range.
 ESTIMATE_RANGE = (0.9, 1.3)
+GPU_SAMPLE_SCALE = 10  # --scale-samples auto on a CUDA GPU: 480 -> 4,800 samples per row
+
+
+def sample_scale(choice: str, cuda: bool) -> float:
+    """The factor on every row's samples: ``auto`` is ×10 on a CUDA GPU and ×1 on a CPU."""
+    if choice == "auto":
+        return float(GPU_SAMPLE_SCALE if cuda else 1)
+    try:
+        factor = float(choice)
+    except ValueError:
+        factor = -1.0
+    if not factor > 0:
+        raise SystemExit(f"calguide-miniature: --scale-samples {choice!r}: 'auto' or a number > 0")
+    return factor
+
+
+def scaled_jobs(
+    common: Sequence[str], jobs: list[list[str]], experiment: str, factor: float
+) -> list[list[str]]:
+    """Each job with ``sampling.num_samples`` × factor, rounded to whole blocks of the
+    verdicts' block size (at least one block)."""
+    if factor == 1.0:
+        return jobs
+    settings = experiment_settings(common, experiment)
+    block = int((settings.get("verdicts") or {}).get("block_size") or 20)
+    default_n = job_spec("sample", [f"experiment={experiment}", *common], Path.cwd())
+    default_n = default_n.sampling.num_samples
+    out = []
+    for job in jobs:
+        own = dict(o.split("=", 1) for o in job)
+        n = int(own.get("sampling.num_samples", default_n))
+        scaled = max(block, round(n * factor / block) * block)
+        out.append([o for o in job if not o.startswith("sampling.num_samples=")]
+                   + [f"sampling.num_samples={scaled}"])  # fmt: skip
+    return out
+
+
+def device_words(cuda: bool) -> str:
+    import torch
+
+    return f"{torch.cuda.get_device_name(0)} (CUDA, fp32)" if cuda else "the CPU"
 
 
 def job_spec(config_name: str, overrides: Sequence[str], output_dir: Path) -> RunSpec:
@@ -133,20 +178,24 @@ def sweep_jobs(common: Sequence[str], experiment: str) -> list[list[str]]:
     return jobs
 
 
-def estimate(common: Sequence[str], jobs: list[list[str]], experiment: str) -> dict[str, float]:
-    """Seconds per guided sampling step and per fine-tuning step on this machine, and the run's
-    predicted length (the sampling steps of every job, two fine-tunes, a fixed overhead)."""
+def estimate(
+    common: Sequence[str], jobs: list[list[str]], experiment: str, cuda: bool = False
+) -> dict[str, float]:
+    """Seconds per guided sampling step and per fine-tuning step on this machine (on its GPU
+    when ``cuda``), and the run's predicted length (the sampling steps of every job, two
+    fine-tunes, a fixed overhead)."""
     import torch
 
     from calguide import assembly
 
     spec = job_spec("sample", [f"experiment={experiment}", *common, "guidance=js"], Path.cwd())
     setup = assembly.sampling_setup(spec)
-    module = setup.module
+    device = torch.device("cuda" if cuda else "cpu")
+    module = setup.module.to(device)
     batch = spec.sampling.batch_size
-    labels = torch.arange(batch) % setup.num_classes
-    x = torch.randn(batch, *module.sample_shape)
-    t = torch.full((batch,), module.diffusion.num_timesteps // 2)
+    labels = (torch.arange(batch) % setup.num_classes).to(device)
+    x = torch.randn(batch, *module.sample_shape, device=device)
+    t = torch.full((batch,), module.diffusion.num_timesteps // 2, device=device)
     call, guidance = module.model_fn(labels), module.bound_guidance(labels)
     sampler = module.sampler
 
@@ -155,6 +204,8 @@ def estimate(common: Sequence[str], jobs: list[list[str]], experiment: str) -> d
             module.diffusion, call, x, t, torch.randn_like(x), None,
             guidance=guidance, clip_denoised=True,
         )  # fmt: skip
+        if cuda:
+            torch.cuda.synchronize()
 
     one_step()  # warm-up
     started = time.perf_counter()
@@ -329,19 +380,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--experiment", default=EXPERIMENT, help="the conf/experiment/ option (sweeps, claims)"
     )
+    parser.add_argument(
+        "--scale-samples", default="auto",
+        help="factor on every row's samples: auto (×10 on a CUDA GPU, ×1 on a CPU) or a number",
+    )  # fmt: skip
+    parser.add_argument(
+        "--device", choices=("auto", "cpu"), default="auto",
+        help="auto: sample on a CUDA GPU when there is one (exact fp32); cpu: never",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    import torch
+
     from calguide.io import atomic_write_text
 
     experiment = args.experiment
     out = args.out.resolve()
     common = list(args.overrides)
+    cuda = args.device == "auto" and torch.cuda.is_available()
+    if cuda and not any(o.startswith("trainer") for o in common):
+        common = ["trainer=gpu", "trainer.precision=32-true", *common]
+    factor = sample_scale(args.scale_samples, cuda)
     progress = Progress(4)
 
     log = out / "make-run.log"
     since = progress.stage("estimate: timing one guided step on this machine")
-    jobs = sweep_jobs(common, experiment)
+    jobs = scaled_jobs(common, sweep_jobs(common, experiment), experiment, factor)
+    sizes = sorted({int(dict(o.split("=", 1) for o in job).get("sampling.num_samples", 0))
+                    for job in jobs} - {0})  # fmt: skip
+    print(
+        f"      sampling on {device_words(cuda)}; samples per row ×{factor:g}"
+        + (f" ({', '.join(f'{n:,}' for n in sizes)})" if sizes else " (the experiment's)")
+        + ("" if cuda else f"; on a CUDA GPU the default is ×{GPU_SAMPLE_SCALE}"),
+        flush=True,
+    )
     with quiet(log):
-        guess = estimate(common, jobs, experiment)
+        guess = estimate(common, jobs, experiment, cuda)
     low, high = ESTIMATE_RANGE
     print(
         f"      one guided step at batch {guess['batch']}: {guess['guided_step_s'] * 1e3:.0f} ms;"

@@ -73,6 +73,7 @@ class SamplingConfig:
     noise: str = "per_sample"
     channels_last: bool = False
     compile: bool = False
+    fused_attention: bool = False
 
     def __post_init__(self) -> None:
         at_least("sampling.num_samples", self.num_samples, 1)

@@ -15,6 +15,7 @@ and a YAML under ``conf/diffusion/`` that selects it (see docs/how_to_add.md).
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -26,8 +27,9 @@ from calguide.diffusion.dpm_solver import (
     dpmpp_sde_update,
     dpmpp_update,
     dynamic_threshold,
-    guided_data_prediction,
+    guidance_increment,
     half_logsnr,
+    score_correction,
 )
 from calguide.diffusion.gaussian import GaussianDiffusion
 from calguide.diffusion.schedules import respace_betas, space_timesteps
@@ -38,6 +40,7 @@ from calguide.diffusion.steps import (
     checked_gradient,
     ddim_step,
     ddpm_step,
+    guidance_space,
     step_variance,
 )
 
@@ -51,6 +54,7 @@ __all__ = [
     "StepCallback",
     "build_sampler",
     "describe_chain",
+    "largest_logsnr_step",
     "register_sampler",
     "sample_loop",
     "sampler_class",
@@ -63,6 +67,9 @@ class Sampler:
     """Base of every registry entry; subclasses are dataclasses whose fields are their knobs."""
 
     name: ClassVar[str] = ""
+    # Raised when the entry's update changes what it samples: part of a run's identity, so
+    # finished samples of the older update are not reused (calguide.jobs.sample.run_identity).
+    revision: ClassVar[int] = 1
 
     @property
     def uses_noise(self) -> bool:
@@ -72,6 +79,9 @@ class Sampler:
 
     def check(self, guidance: Callable | None) -> None:
         """Raise ValueError (one line) for guidance this sampler cannot apply."""
+
+    def check_chain(self, diffusion: GaussianDiffusion) -> None:
+        """Say (a warning, one line) when the chain's grid does not suit this sampler."""
 
     def start(self, x_T: Tensor) -> Any:
         """The state carried into the first step."""
@@ -216,9 +226,11 @@ class DPMpp2M(Sampler):
     """DPM-Solver++(2M), data prediction, multistep, on the respaced chain's timesteps
     (:mod:`calguide.diffusion.dpm_solver`): N network evaluations for N steps, first order at
     the first step and at the last (to σ = 0), second order between. Deterministic (the step
-    noise is unused). Guidance corrects the score by w(t)·s·g, w = 1 + a(t)/Σ(t) on the
-    ``reference_steps``-step DDPM chain (250: the paper's protocol), so EluCD's additive
-    schedule keeps the push it has on that chain whatever N is."""
+    noise is unused). Guidance is the score correction δ = w(t)·s·g, w = 1 + a(t)/Σ(t) on the
+    ``reference_steps``-step DDPM chain (EluCD's additive schedule): an x_t-space one enters the
+    data prediction blended like x̂₀ (the conditional denoiser), an x̂₀-space one is carried
+    beside x̂₀ and integrated against its exact kernel in λ, so its strength does not depend
+    on N (:mod:`calguide.diffusion.dpm_solver`)."""
 
     reference_steps: int = 250
     dynamic_threshold: float | None = None  # a quantile: Imagen's thresholding in place of the clip
@@ -239,8 +251,11 @@ class DPMpp2M(Sampler):
     def uses_noise(self) -> bool:
         return False  # the probability-flow ODE
 
+    stochastic: ClassVar[bool] = False  # which kernel carries the score correction
+    revision: ClassVar[int] = 2  # 2: x̂₀-space guidance carried beside x̂₀ (was in the blend)
+
     def start(self, x_T: Tensor) -> Any:
-        return {"previous": None, "lam_prev": None, "variance_max": None}
+        return {"previous": None, "carried": None, "lam_prev": None, "variance_max": None}
 
     def reference(self, diffusion: GaussianDiffusion) -> _Reference:
         """The ``reference_steps`` chain over the same base chain, at every base timestep."""
@@ -309,32 +324,63 @@ class DPMpp2M(Sampler):
         alpha_bar = diffusion.alphas_cumprod
         lam = half_logsnr(alpha_bar)
         sigma_s = float((1.0 - alpha_bar[i]).sqrt())
-        data, grad, running = pred_x0, None, state["variance_max"]
+        grad, delta, carried, running = None, None, None, state["variance_max"]
         if guidance is not None:
             t_model = diffusion.model_timesteps(t)
             grad = checked_gradient(guidance, x_t, pred_x0, t_model)
             weight, running = self.guidance_weight(
                 diffusion, guidance, var_values, x_t, t_model, running
             )
-            data = guided_data_prediction(
-                pred_x0, grad, weight, float(alpha_bar[i].sqrt()), sigma_s
-            )
-        if i == 0:
+            delta = score_correction(grad, weight, pred_x0)
+        space = guidance_space(guidance)
+        alpha_s = float(alpha_bar[i].sqrt())
+        data = pred_x0
+        if delta is not None and space == "x_t":  # the conditional denoiser: blended like x̂₀
+            data = pred_x0 + (sigma_s**2 / alpha_s) * delta
+        if i == 0:  # the first-order jump to σ = 0: Tweedie's estimate of the corrected score
             sample = data
+            if delta is not None and space == "x0":
+                sample = pred_x0 + (sigma_s**2 / alpha_s) * delta
         else:
-            sample = self.update(
-                x_t, data, state["previous"], noise,
+            times = dict(
                 lam_s=float(lam[i]), lam_t=float(lam[i - 1]), lam_prev=state["lam_prev"],
                 sigma_s=sigma_s, sigma_t=float((1.0 - alpha_bar[i - 1]).sqrt()),
-                alpha_t=float(alpha_bar[i - 1].sqrt()),
             )  # fmt: skip
+            sample = self.update(
+                x_t, data, state["previous"], noise,
+                alpha_t=float(alpha_bar[i - 1].sqrt()), **times,
+            )  # fmt: skip
+            if delta is not None and space == "x0":
+                carried = delta
+                sample = sample + guidance_increment(
+                    delta, state["carried"], lam_s=times["lam_s"], lam_t=times["lam_t"],
+                    lam_prev=times["lam_prev"], sigma_t=times["sigma_t"],
+                    stochastic=self.stochastic,
+                )  # fmt: skip
         zeros = torch.zeros_like(x_t)
-        out = StepOutput(sample, data, sample, zeros, grad, running)
-        return out, {"previous": data, "lam_prev": float(lam[i]), "variance_max": running}
+        out = StepOutput(sample, pred_x0, sample, zeros, grad, running)
+        return out, {
+            "previous": data, "carried": carried, "lam_prev": float(lam[i]),
+            "variance_max": running,
+        }  # fmt: skip
 
     def update(self, x, data, previous, noise, **times) -> Tensor:
         """The probability-flow ODE's step (the step noise is unused)."""
         return dpmpp_update(x, data, previous, **times)
+
+    def check_chain(self, diffusion: GaussianDiffusion) -> None:
+        """Warn (one line) when a grid interval is too long for a second-order step: the
+        multistep blend extrapolates x̂₀ over it (docs/few_step.md: a time-uniform grid's
+        last interval, λ 1.7 → 4.6, inflates a Gaussian's spread by a quarter)."""
+        steps = largest_logsnr_step(diffusion)
+        if steps[0] > MAX_LOGSNR_STEP:
+            warnings.warn(
+                f"diffusion.respacing: {self.name}'s largest step in λ = log(α/σ) is "
+                f"{steps[0]:.2f} (base timesteps {steps[1]} -> {steps[2]}), above "
+                f"{MAX_LOGSNR_STEP}; a grid uniform in log-SNR keeps it small "
+                "(diffusion.respacing=logsnrN:6)",
+                stacklevel=2,
+            )
 
 
 @register_sampler("dpmpp_2m_sde")
@@ -345,6 +391,8 @@ class DPMpp2MSDE(DPMpp2M):
     the probability-flow ODE. A guided score that is not an exact score (a scale above 1, EluCD's
     additive schedule) gives different samples under the ODE and the SDE; the DDPM chain is an
     SDE, so this variant follows it where the ODE does not (docs/few_step.md)."""
+
+    stochastic: ClassVar[bool] = True
 
     @property
     def uses_noise(self) -> bool:
@@ -361,6 +409,20 @@ def _interp(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
     f0, f1 = fp[pos - 1], fp[pos]
     frac = ((x - x0) / (x1 - x0)).clamp(0.0, 1.0)
     return f0 + frac * (f1 - f0)
+
+
+MAX_LOGSNR_STEP = 1.2  # the largest grid interval in λ a multistep step is trusted with
+
+
+def largest_logsnr_step(diffusion: GaussianDiffusion) -> tuple[float, int, int]:
+    """(h, from, to): the chain's largest interval in λ = log(α/σ) between consecutive grid
+    points, and the base timesteps it joins (the final jump to σ = 0 is not an interval)."""
+    lam = half_logsnr(diffusion.alphas_cumprod)
+    if len(lam) < 2:
+        return 0.0, int(diffusion.timestep_map[0]), int(diffusion.timestep_map[0])
+    gaps = lam[:-1] - lam[1:]
+    k = int(torch.argmax(gaps))
+    return float(gaps[k]), int(diffusion.timestep_map[k + 1]), int(diffusion.timestep_map[k])
 
 
 def describe_chain(diffusion: GaussianDiffusion, sampler: Sampler) -> dict[str, Any]:
@@ -406,6 +468,7 @@ def sample_loop(
     if isinstance(sampler, str):
         sampler = build_sampler(sampler)
     sampler.check(guidance)
+    sampler.check_chain(diffusion)
     x, state = x_T, sampler.start(x_T)
     no_noise = None if sampler.uses_noise else torch.zeros_like(x_T)
     indices = range(diffusion.num_timesteps - 1, -1, -1)

@@ -39,22 +39,58 @@ def beta_schedule(name: str, num_steps: int) -> torch.Tensor:
     raise ValueError(f"diffusion.schedule must be one of {list(SCHEDULES)}, got {name!r}")
 
 
-def logsnr_timesteps(alphas_cumprod: torch.Tensor, count: int) -> list[int]:
-    """``count`` base timesteps spread uniformly in log-SNR between the chain's ends (each the
-    nearest base step to its target; the first and last steps always kept)."""
+def logsnr_timesteps(
+    alphas_cumprod: torch.Tensor, count: int, end: float | None = None
+) -> list[int]:
+    """``count`` base timesteps spread uniformly in log-SNR from the chain's noisiest step to
+    log-SNR ``end`` (default: the chain's least noisy step), each the nearest base step to its
+    target; the noisiest step is always kept.
+
+    Why an end above σ = 0: a few-step solver jumps from its last grid point straight to the
+    data (first order), so ending at log-SNR 6 (σ/α ≈ 0.05) rather than at the chain's step 0
+    (log-SNR 9.2) spends the steps where the denoiser still moves x (docs/few_step.md).
+    """
     a = alphas_cumprod.to(torch.float64)
+    name = f"logsnr{count}" + ("" if end is None else f":{end:g}")
     if count < 2 or count > len(a):
-        raise ValueError(f"diffusion.respacing 'logsnr{count}': need 2 <= N <= {len(a)} steps")
+        raise ValueError(f"diffusion.respacing {name!r}: need 2 <= N <= {len(a)} steps")
     logsnr = torch.log(a) - torch.log1p(-a)  # decreasing in t
-    targets = torch.linspace(float(logsnr[0]), float(logsnr[-1]), count, dtype=torch.float64)
+    last = float(logsnr[0]) if end is None else float(end)
+    if not float(logsnr[-1]) < last <= float(logsnr[0]):
+        raise ValueError(
+            f"diffusion.respacing {name!r}: the end log-SNR must lie in "
+            f"({float(logsnr[-1]):.2f}, {float(logsnr[0]):.2f}], the chain's range"
+        )
+    targets = torch.linspace(last, float(logsnr[-1]), count, dtype=torch.float64)
     kept = {int(torch.argmin((logsnr - v).abs())) for v in targets}
-    free = [t for t in range(len(a)) if t not in kept]
+    lowest = min(kept)
+    free = [t for t in range(lowest, len(a)) if t not in kept]
     while len(kept) < count:  # two targets met the same step: take the next free one
+        if not free:
+            raise ValueError(
+                f"diffusion.respacing {name!r}: the chain has fewer than {count} steps between "
+                "its noisiest step and that log-SNR"
+            )
         gaps = sorted(kept)
         widest = max(range(len(gaps) - 1), key=lambda k: gaps[k + 1] - gaps[k])
         middle = (gaps[widest] + gaps[widest + 1]) // 2
         kept.add(middle if middle in free else free.pop())
+        if middle in free:
+            free.remove(middle)
     return sorted(kept)
+
+
+def _logsnr_spec(spec: str) -> tuple[int, float | None]:
+    """'logsnrN' -> (N, None); 'logsnrN:L' -> (N, L)."""
+    body = spec[len("logsnr") :]
+    count, _, end = body.partition(":")
+    try:
+        return int(count), (float(end) if end else None)
+    except ValueError:
+        raise ValueError(
+            f"diffusion.respacing {spec!r}: expected 'logsnrN' or 'logsnrN:L' (N steps, integer; "
+            "L the log-SNR of the least noisy step)"
+        ) from None
 
 
 def space_timesteps(
@@ -67,22 +103,19 @@ def space_timesteps(
     ``"250"`` keeps 250 evenly spread steps; ``"10,15,20"`` splits the chain into three equal
     sections and keeps that many steps in each; ``"ddim50"`` keeps a fixed stride that gives
     exactly 50 steps (the DDIM paper's spacing); ``"logsnr20"`` keeps 20 steps uniform in
-    log-SNR (needs the chain's ``alphas_cumprod``). An empty string keeps every step.
+    log-SNR over the whole chain and ``"logsnr20:6"`` 20 steps uniform in log-SNR from the
+    noisiest step down to log-SNR 6 (both need the chain's ``alphas_cumprod``). An empty string
+    keeps every step.
     """
     if isinstance(section_counts, str):
         spec = section_counts.strip()
         if spec == "":
             return list(range(num_timesteps))
         if spec.startswith("logsnr"):
-            try:
-                count = int(spec[len("logsnr") :])
-            except ValueError:
-                raise ValueError(
-                    f"diffusion.respacing {spec!r}: expected 'logsnrN' with an integer N"
-                ) from None
+            count, end = _logsnr_spec(spec)
             if alphas_cumprod is None:  # the grid depends on the noise schedule: no default
                 raise ValueError(f"diffusion.respacing {spec!r} needs the chain's alphas_cumprod")
-            return logsnr_timesteps(alphas_cumprod, count)
+            return logsnr_timesteps(alphas_cumprod, count, end)
         if spec.startswith("ddim"):
             try:
                 desired = int(spec[len("ddim") :])
@@ -101,7 +134,8 @@ def space_timesteps(
             counts = [int(part) for part in spec.split(",")]
         except ValueError:
             raise ValueError(
-                f"diffusion.respacing {spec!r}: expected '', 'N', 'N1,N2,...', 'ddimN' or 'logsnrN'"
+                f"diffusion.respacing {spec!r}: expected '', 'N', 'N1,N2,...', 'ddimN', "
+                "'logsnrN' or 'logsnrN:L'"
             ) from None
     else:
         counts = [int(c) for c in section_counts]

@@ -121,6 +121,7 @@ class GuidanceClassifier(nn.Module):
             self.register_buffer("mean", None, persistent=False)
             self.register_buffer("std", None, persistent=False)
         self.net.requires_grad_(False)
+        self._call = [self.net]  # compile_net puts the compiled net here (outside the tree)
         self.train(False)
 
     def train(self, mode: bool = True) -> GuidanceClassifier:
@@ -128,6 +129,15 @@ class GuidanceClassifier(nn.Module):
         super().train(mode)
         self.net.eval()
         return self
+
+    def compile_net(self) -> None:
+        """``torch.compile`` the wrapped net: guidance then runs its compiled forward and the
+        backward AOTAutograd compiles with it (the same weights; first call pays)."""
+        self._call = [torch.compile(self.net)]
+
+    @property
+    def compiled(self) -> bool:
+        return self._call[0] is not self.net
 
     def preprocess(self, x0: Tensor) -> Tensor:
         """x̂₀ in [−1, 1] -> the net's input (``x0`` mode)."""
@@ -144,9 +154,9 @@ class GuidanceClassifier(nn.Module):
         if self.input_mode == "noisy":
             if t is None:
                 raise ValueError("a noisy-mode guidance classifier needs the timesteps t")
-            logits = self.net(x, t)
+            logits = self._call[0](x, t)
         else:
-            logits = self.net(self.preprocess(x))
+            logits = self._call[0](self.preprocess(x))
         return logits / self.temperature
 
     def extra_repr(self) -> str:

@@ -94,7 +94,7 @@ def compute_words(compute: dict[str, Any]) -> str:
     """``float32 · cpu``, ``bf16 autocast + channels_last + compile · cuda (…) ×1``."""
     words = {"32": "float32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}
     text = words.get(str(compute.get("precision")), str(compute.get("precision")))
-    fast = [name for name in ("channels_last", "compile") if compute.get(name)]
+    fast = [name for name in ("channels_last", "compile", "fused_attention") if compute.get(name)]
     return text + (" + " + " + ".join(fast) if fast else "") + f" · {compute['device']}"
 
 

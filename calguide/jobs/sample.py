@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from calguide import assembly
 from calguide.assembly.requirements import check_required_files
 from calguide.config.sample import SampleSpec
+from calguide.diffusion.samplers import sampler_class
 from calguide.errors import ConfigError, RunStateError
 from calguide.io import (
     atomic_write_json,
@@ -80,7 +81,8 @@ def run_identity(spec: SampleSpec, batch_dependent: bool, inputs: dict[str, str]
     a rerun of the same command resumes and any change of a knob starts a fresh folder.
 
     Files count by content (``inputs``), not by path: replacing the classifier file starts a
-    new run, moving the artifacts folder does not.
+    new run, moving the artifacts folder does not. A sampler whose update changed says so by
+    its ``revision``, so its new samples never reuse an older folder.
     """
     ident = {k: json.loads(json.dumps(spec.config[k])) for k in IDENTITY_SECTIONS}
     for section, key in PATH_KEYS:
@@ -89,7 +91,12 @@ def run_identity(spec: SampleSpec, batch_dependent: bool, inputs: dict[str, str]
     ident["sampling"] = {k: spec.config["sampling"].get(k) for k in IDENTITY_SAMPLING_KEYS}
     if ident["sampling"]["noise"] in (None, "per_sample"):  # the default keeps older hashes
         del ident["sampling"]["noise"]
+    if spec.sampling.fused_attention:  # another kernel: other rounding, other guided samples
+        ident["sampling"]["fused_attention"] = True
     ident["seed"] = spec.seed
+    revision = sampler_class(spec.diffusion.sampler).revision
+    if revision != 1:  # the sampler's math changed: older folders are not these samples
+        ident["sampler_revision"] = revision
     if batch_dependent:
         ident["batch_size"] = spec.sampling.batch_size
     blob = json.dumps(ident, sort_keys=True, default=str)

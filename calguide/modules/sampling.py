@@ -30,6 +30,7 @@ from calguide.diffusion import (
     sample_loop,
 )
 from calguide.guidance.hook import ClassifierGuidance
+from calguide.nets.unet import use_fused_attention
 from calguide.samples.grid import to_uint8
 from calguide.samples.noise import NOISE_MODES, PRECISIONS, BatchNoise, PerSampleNoise
 
@@ -54,6 +55,7 @@ class SamplingModule(L.LightningModule):
         noise: str = "per_sample",
         channels_last: bool = False,
         compile: bool = False,
+        fused_attention: bool = False,
     ) -> None:
         super().__init__()
         if precision not in PRECISIONS:
@@ -77,8 +79,16 @@ class SamplingModule(L.LightningModule):
             self.denoiser.to(memory_format=torch.channels_last)
             if self.guidance is not None:
                 self.guidance.to(memory_format=torch.channels_last)
+        self.fused_attention = False
+        if fused_attention:  # ADM's attention blocks through scaled_dot_product_attention
+            found = use_fused_attention(self.denoiser)
+            if isinstance(self.guidance, nn.Module):
+                found += use_fused_attention(self.guidance)
+            self.fused_attention = found > 0
         # Compiled lazily on the first call; kept out of the module tree (same weights).
         self._forward = [torch.compile(self.denoiser) if compile else self.denoiser]
+        if compile and self.guidance is not None:  # the classifier's forward + backward too
+            self.guidance.classifier.compile_net()
         self.class_cond = class_cond
         self.sampler = sampler
         self.clip_denoised = clip_denoised
@@ -111,6 +121,7 @@ class SamplingModule(L.LightningModule):
                 "precision": self.precision,
                 "channels_last": bool(self.channels_last),
                 "compile": self._forward[0] is not self.denoiser,
+                "fused_attention": self.fused_attention,
             },
             "guidance": self.guidance.describe() if self.guidance is not None else None,
         }

@@ -32,6 +32,7 @@ __all__ = [
     "Upsample",
     "normalization",
     "timestep_embedding",
+    "use_fused_attention",
     "zero_module",
 ]
 
@@ -243,12 +244,33 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tenso
     return torch.einsum("bts,bcs->bct", weights, v)
 
 
+def _fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """:func:`_attention` through ``torch.nn.functional.scaled_dot_product_attention`` (flash or
+    memory-efficient kernels on CUDA): its 1/√ch scale is ADM's ch^{-1/4} on q and on k."""
+    out = nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    )
+    return out.transpose(1, 2)
+
+
+def use_fused_attention(model: nn.Module, on: bool = True) -> int:
+    """Switch every ADM attention block of ``model`` to (or from) the fused kernel; returns
+    how many there are (0: the switch changes nothing)."""
+    found = 0
+    for module in model.modules():
+        if isinstance(module, (QKVAttention, QKVAttentionLegacy)):
+            module.fused = bool(on)
+            found += 1
+    return found
+
+
 class QKVAttentionLegacy(nn.Module):
     """QKV attention whose input is laid out ``[N, heads * (q|k|v) * ch, T]`` (old ADM order)."""
 
     def __init__(self, n_heads: int) -> None:
         super().__init__()
         self.n_heads = n_heads
+        self.fused = False  # use_fused_attention: scaled_dot_product_attention in place
 
     def forward(self, qkv: torch.Tensor) -> torch.Tensor:
         bs, width, length = qkv.shape
@@ -256,7 +278,8 @@ class QKVAttentionLegacy(nn.Module):
             raise ValueError(f"qkv width {width} not divisible by 3*{self.n_heads} heads")
         ch = width // (3 * self.n_heads)
         q, k, v = qkv.reshape(bs * self.n_heads, 3 * ch, length).split(ch, dim=1)
-        return _attention(q, k, v).reshape(bs, -1, length)
+        attend = _fused_attention if self.fused else _attention
+        return attend(q, k, v).reshape(bs, -1, length)
 
 
 class QKVAttention(nn.Module):
@@ -265,6 +288,7 @@ class QKVAttention(nn.Module):
     def __init__(self, n_heads: int) -> None:
         super().__init__()
         self.n_heads = n_heads
+        self.fused = False
 
     def forward(self, qkv: torch.Tensor) -> torch.Tensor:
         bs, width, length = qkv.shape
@@ -272,7 +296,8 @@ class QKVAttention(nn.Module):
             raise ValueError(f"qkv width {width} not divisible by 3*{self.n_heads} heads")
         ch = width // (3 * self.n_heads)
         q, k, v = (t.reshape(bs * self.n_heads, ch, length) for t in qkv.chunk(3, dim=1))
-        return _attention(q, k, v).reshape(bs, -1, length)
+        attend = _fused_attention if self.fused else _attention
+        return attend(q, k, v).reshape(bs, -1, length)
 
 
 def _resolve_heads(channels: int, num_heads: int, num_head_channels: int) -> int:

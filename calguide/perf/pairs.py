@@ -110,6 +110,8 @@ class Pair:
 
 
 SAMPLER_GRID = {"dpmpp_2m": (10, 15, 20, 25), "ddpm": (100, 250)}
+# Each sampler on its option's grid family (conf/diffusion/dpmpp.yaml: logsnrN:6).
+GRID_FAMILY = {"dpmpp_2m": "logsnr{n}:6", "ddpm": "{n}"}
 
 
 def bench_samplers(p: Pair, repeats: int, warmup: int) -> dict:
@@ -119,7 +121,8 @@ def bench_samplers(p: Pair, repeats: int, warmup: int) -> dict:
     runs: dict[str, Callable[[], torch.Tensor]] = {}
     for name, counts in SAMPLER_GRID.items():
         for nfe in counts:
-            chain, sampler = chain_of(p.diffusion, p.flags, str(nfe), name)
+            grid = GRID_FAMILY[name].format(n=nfe)
+            chain, sampler = chain_of(p.diffusion, p.flags, grid, name)
             module = SamplingModule(
                 p.unet, chain, sample_shape=p.shape, class_cond=bool(p.flags.get("class_cond")),
                 guidance=p.guidance("vanilla", p.classifier, schedule="elucd"), progress=False,

@@ -68,16 +68,20 @@ def scaled_jobs(
         return jobs
     settings = experiment_settings(common, experiment)
     block = int((settings.get("verdicts") or {}).get("block_size") or 20)
-    default_n = job_spec("sample", [f"experiment={experiment}", *common], Path.cwd())
-    default_n = default_n.sampling.num_samples
     out = []
-    for job in jobs:
-        own = dict(o.split("=", 1) for o in job)
-        n = int(own.get("sampling.num_samples", default_n))
+    for job, n in zip(jobs, row_sizes(common, jobs, experiment), strict=True):
         scaled = max(block, round(n * factor / block) * block)
         out.append([o for o in job if not o.startswith("sampling.num_samples=")]
                    + [f"sampling.num_samples={scaled}"])  # fmt: skip
     return out
+
+
+def row_sizes(common: Sequence[str], jobs: list[list[str]], experiment: str) -> list[int]:
+    """Each job's samples: its own ``sampling.num_samples`` or the experiment's."""
+    default_n = job_spec("sample", [f"experiment={experiment}", *common], Path.cwd())
+    default_n = default_n.sampling.num_samples
+    return [int(dict(o.split("=", 1) for o in job).get("sampling.num_samples", default_n))
+            for job in jobs]  # fmt: skip
 
 
 def device_words(cuda: bool) -> str:
@@ -405,11 +409,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = out / "make-run.log"
     since = progress.stage("estimate: timing one guided step on this machine")
     jobs = scaled_jobs(common, sweep_jobs(common, experiment), experiment, factor)
-    sizes = sorted({int(dict(o.split("=", 1) for o in job).get("sampling.num_samples", 0))
-                    for job in jobs} - {0})  # fmt: skip
+    sizes = sorted(set(row_sizes(common, jobs, experiment)), reverse=True)
     print(
-        f"      sampling on {device_words(cuda)}; samples per row ×{factor:g}"
-        + (f" ({', '.join(f'{n:,}' for n in sizes)})" if sizes else " (the experiment's)")
+        f"      sampling on {device_words(cuda)}; samples per row ×{factor:g} "
+        f"({', '.join(f'{n:,}' for n in sizes)})"
         + ("" if cuda else f"; on a CUDA GPU the default is ×{GPU_SAMPLE_SCALE}"),
         flush=True,
     )

@@ -332,30 +332,28 @@ class DPMpp2M(Sampler):
                 diffusion, guidance, var_values, x_t, t_model, running
             )
             delta = score_correction(grad, weight, pred_x0)
-        space = guidance_space(guidance)
-        alpha_s = float(alpha_bar[i].sqrt())
-        data = pred_x0
-        if delta is not None and space == "x_t":  # the conditional denoiser: blended like x̂₀
-            data = pred_x0 + (sigma_s**2 / alpha_s) * delta
-        if i == 0:  # the first-order jump to σ = 0: Tweedie's estimate of the corrected score
-            sample = data
-            if delta is not None and space == "x0":
-                sample = pred_x0 + (sigma_s**2 / alpha_s) * delta
+        # Tweedie's estimate of the corrected score: the data prediction an x_t-space
+        # correction is blended as, and the final jump's answer in either space.
+        corrected = pred_x0
+        if delta is not None:
+            corrected = pred_x0 + (sigma_s**2 / float(alpha_bar[i].sqrt())) * delta
+        beside = delta is not None and guidance_space(guidance) == "x0"  # carried beside x̂₀
+        data = pred_x0 if beside else corrected
+        if i == 0:  # the first-order jump to σ = 0
+            sample = corrected
         else:
-            times = dict(
-                lam_s=float(lam[i]), lam_t=float(lam[i - 1]), lam_prev=state["lam_prev"],
-                sigma_s=sigma_s, sigma_t=float((1.0 - alpha_bar[i - 1]).sqrt()),
-            )  # fmt: skip
+            lam_s, lam_t = float(lam[i]), float(lam[i - 1])
+            sigma_t = float((1.0 - alpha_bar[i - 1]).sqrt())
             sample = self.update(
-                x_t, data, state["previous"], noise,
-                alpha_t=float(alpha_bar[i - 1].sqrt()), **times,
+                x_t, data, state["previous"], noise, lam_s=lam_s, lam_t=lam_t,
+                lam_prev=state["lam_prev"], sigma_s=sigma_s, sigma_t=sigma_t,
+                alpha_t=float(alpha_bar[i - 1].sqrt()),
             )  # fmt: skip
-            if delta is not None and space == "x0":
+            if beside:
                 carried = delta
                 sample = sample + guidance_increment(
-                    delta, state["carried"], lam_s=times["lam_s"], lam_t=times["lam_t"],
-                    lam_prev=times["lam_prev"], sigma_t=times["sigma_t"],
-                    stochastic=self.stochastic,
+                    delta, state["carried"], lam_s=lam_s, lam_t=lam_t,
+                    lam_prev=state["lam_prev"], sigma_t=sigma_t, stochastic=self.stochastic,
                 )  # fmt: skip
         zeros = torch.zeros_like(x_t)
         out = StepOutput(sample, pred_x0, sample, zeros, grad, running)
